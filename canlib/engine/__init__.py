@@ -1,0 +1,12 @@
+"""Training and evaluation: Section 4.5's recipe as a loop, a CLI and recorded runs.
+
+* :mod:`canlib.engine.build`    -- configuration -> data, model, loss, optimisers (the only config readers)
+* :mod:`canlib.engine.trainer`  -- the training loop, checkpoints, exact resume, the NaN guard
+* :mod:`canlib.engine.evaluate` -- feature extraction and the re-ID metrics on query/gallery
+* :mod:`canlib.engine.record`   -- what every run records beside its metrics (commit, versions, machine)
+* :mod:`canlib.engine.cli`      -- ``python -m canlib train`` and ``python -m canlib evaluate``
+"""
+
+from canlib.engine.trainer import TrainingDiverged, train
+
+__all__ = ["TrainingDiverged", "train"]

@@ -1,0 +1,287 @@
+"""The Collaborative Attention Network (Sections 3.2-3.2.3, Figures 2-3).
+
+Pipeline for the default ``parts=(1, 3, 5, 7)`` and a 384x128 image::
+
+    stem (ResNet50 layers 0-3, shared)                    -> 1024 x 24 x 8
+    one independent copy of layer 4 per branch (stride 1) -> 2048 x 24 x 8 each
+    part1: ConcatPool(1)                  -> G                        1 feature
+    partn: ConcatPool(1) and ConcatPool(n) -> G, n blocks -> CA -> n-1  1 + (n-1) features
+    one shared 1x1 conv (4096 -> 256) [+ BN] on all 16 features    -> (B, 16, 256)
+    one cosine classifier per feature (training)                   -> (B, 16, num_classes)
+    eval: the 16 embedded features concatenated                     -> (B, 4096)
+
+Four global and twelve local 256-d features, as at the end of Section 3.2.3.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections import OrderedDict
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from canlib.attention import CollaborativeAttention
+from canlib.backbone import build_backbone
+from canlib.pooling import POOLING_MODES, ConcatPool
+
+__all__ = [
+    "CAN",
+    "CANBranch",
+    "CANOutput",
+    "CosineClassifier",
+    "DESCRIPTOR_NORMS",
+    "TABLE_PATTERNS",
+    "build_embedding",
+    "count_features",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: The part patterns of the ablation in Tables 2 and 3 (Section 4.2).
+TABLE_PATTERNS: dict[str, tuple[int, ...]] = {
+    "Part-1,2,3": (1, 2, 3),
+    "Part-1,2,3,4": (1, 2, 3, 4),
+    "Part-1,3,5": (1, 3, 5),
+    "Part-1,3,5,7": (1, 3, 5, 7),
+    "Part-1,3,5,7,9": (1, 3, 5, 7, 9),
+}
+
+#: How :meth:`CAN.descriptor` builds the test descriptor.
+DESCRIPTOR_NORMS = ("none", "per_feature")
+
+
+class CANOutput(NamedTuple):
+    """What :class:`CAN` returns in training mode.
+
+    Attributes:
+        features: ``(B, F, embed_dim)`` embedded features (for triplet and center loss).
+        logits: ``(B, F, num_classes)`` cosines in ``[-1, 1]``, unscaled (for the ID loss).
+    """
+
+    features: Tensor
+    logits: Tensor
+
+
+class CosineClassifier(nn.Module):
+    """Fully connected layer on L2-normalised features and weights (Section 4.5).
+
+    Returns ``cos(x, w_c)`` for every class ``c``, in ``[-1, 1]``. The paper does
+    not give the scale such logits need before a softmax, so none is applied
+    here: the loss multiplies by its scale. Weights start from
+    ``N(0, 1/in_features)`` (rows of norm about 1); their norm does not change
+    the output.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.weight, std=in_features**-0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in_features) -> (..., num_classes)`` cosines."""
+        return F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}"
+
+
+def build_embedding(in_channels: int, embed_dim: int = 256, batch_norm: bool = True) -> nn.Sequential:
+    """The shared 1x1 convolution of Section 3.2.3 (equations (3)-(4)).
+
+    The paper only says "1x1 convolution"; following MGN-style heads we add a
+    ``BatchNorm2d`` by default (``batch_norm=True``; then the convolution has no
+    bias) and no activation. Its statistics are taken over the batch and all
+    features at once, since the module is shared by every feature.
+    """
+    conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=not batch_norm)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in")
+    layers: list[tuple[str, nn.Module]] = [("conv", conv)]
+    if batch_norm:
+        layers.append(("bn", nn.BatchNorm2d(embed_dim)))
+    else:
+        nn.init.zeros_(conv.bias)
+    return nn.Sequential(OrderedDict(layers))
+
+
+def count_features(parts: Sequence[int], collaborative: bool = True) -> int:
+    """Number of embedded features: 1 per global branch, ``1 + n - CA`` per ``part_n``."""
+    return sum(1 if n == 1 else 1 + n - int(collaborative) for n in parts)
+
+
+class CANBranch(nn.Module):
+    """One branch of CAN: its own layer 4 and its pooling (Section 3.2.2, Figure 3).
+
+    Args:
+        layer4: this branch's copy of layer 4.
+        parts: ``n``; 1 makes a global branch (block G only).
+        collaborative: fuse the ``n`` part blocks into ``n - 1`` with
+            :class:`~canlib.attention.CollaborativeAttention`.
+        pooling: ``"paper"`` (equation (1)) or ``"adaptive"``.
+    """
+
+    def __init__(self, layer4: nn.Module, parts: int, collaborative: bool = True, pooling: str = "paper") -> None:
+        super().__init__()
+        self.parts = parts
+        self.collaborative = collaborative and parts > 1
+        self.layer4 = layer4
+        self.global_pool = ConcatPool(1, pooling)
+        self.part_pool = ConcatPool(parts, pooling) if parts > 1 else None
+        self.attention = CollaborativeAttention() if self.collaborative else nn.Identity()
+        num_local = 0 if parts == 1 else parts - int(self.collaborative)
+        self.feature_suffixes = ["global"] + [f"local{k}" for k in range(num_local)]
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_suffixes)
+
+    def forward_map(self, x: Tensor) -> Tensor:
+        """Stem output -> this branch's layer-4 map."""
+        return self.layer4(x)
+
+    def pool(self, fmap: Tensor) -> Tensor:
+        """Layer-4 map ``(B, C, H, W)`` -> ``(B, 2C, num_features, 1)``: G, then the part features."""
+        blocks = self.global_pool(fmap)
+        if self.part_pool is not None:
+            blocks = torch.cat([blocks, self.attention(self.part_pool(fmap))], dim=2)
+        return blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.forward_map(x))
+
+
+class CAN(nn.Module):
+    """Collaborative Attention Network (Li et al., 2021, Section 3.2).
+
+    Args:
+        num_classes: training identities (751 for Market-1501).
+        parts: one branch per entry, each with its own layer-4 copy; 1 is the
+            global branch. ``(1, 3, 5, 7)`` is the paper's model; see ``TABLE_PATTERNS``.
+        collaborative: apply collaborative attention (Table 3) or not (Table 2).
+        backbone: name for :func:`canlib.backbone.build_backbone`.
+        pretrained: ``None``, ``"imagenet"`` or a local state-dict path.
+        embed_dim: output size of the shared 1x1 embedding (256 in the paper).
+        pooling: ``"paper"`` (equation (1)) or ``"adaptive"`` (PyTorch's windows).
+        embed_bn: BatchNorm after the embedding convolution. The paper says only
+            "1x1 convolution"; BN is our documented default (as in MGN).
+        last_stride: stride of layer 4's first block (1 in the paper).
+        backbone_kwargs: extra arguments for the backbone constructor.
+        descriptor_norm: test descriptor. ``"none"`` (default) is the raw
+            concatenation of the embedded features, so that the evaluator's cosine
+            distance is taken over the whole ``F * embed_dim`` vector as Section 4.5
+            reads; ``"per_feature"`` L2-normalises each feature first, so every
+            feature weighs the same in that cosine.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        parts: Sequence[int] = (1, 3, 5, 7),
+        collaborative: bool = True,
+        backbone: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+        embed_dim: int = 256,
+        pooling: str = "paper",
+        embed_bn: bool = True,
+        last_stride: int = 1,
+        backbone_kwargs: dict[str, Any] | None = None,
+        descriptor_norm: str = "none",
+    ) -> None:
+        super().__init__()
+        parts = tuple(int(n) for n in parts)
+        if not parts or any(n < 1 for n in parts) or len(set(parts)) != len(parts):
+            raise ValueError(f"parts must be distinct positive integers, got {parts!r}")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
+        if descriptor_norm not in DESCRIPTOR_NORMS:
+            raise ValueError(f"unknown descriptor_norm {descriptor_norm!r}; choose one of {DESCRIPTOR_NORMS}")
+        if num_classes < 1 or embed_dim < 1:
+            raise ValueError(f"num_classes and embed_dim must be positive, got {num_classes}, {embed_dim}")
+        self.num_classes = num_classes
+        self.parts = parts
+        self.collaborative = collaborative
+        self.embed_dim = embed_dim
+        self.pooling = pooling
+        self.descriptor_norm = descriptor_norm
+
+        base = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, **(backbone_kwargs or {}))
+        self.stem = base.stem
+        self.output_stride = base.output_stride
+        self.in_channels = 2 * base.out_channels
+        # Section 3.2.2: layer 4 is not shared; every copy starts from the same weights.
+        self.branches = nn.ModuleDict(
+            {f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling) for n in parts}
+        )
+        self.embedding = build_embedding(self.in_channels, embed_dim, embed_bn)
+        self.feature_names = [f"{name}.{s}" for name, b in self.branches.items() for s in b.feature_suffixes]
+        self.global_indices = [i for i, n in enumerate(self.feature_names) if n.endswith(".global")]
+        self.local_indices = [i for i, n in enumerate(self.feature_names) if not n.endswith(".global")]
+        self.classifiers = nn.ModuleList(CosineClassifier(embed_dim, num_classes) for _ in self.feature_names)
+        _logger.debug("CAN %s (CA=%s): %d features %s", parts, collaborative, self.num_features, self.feature_names)
+
+    @property
+    def num_features(self) -> int:
+        """``F``, the number of embedded features (16 for the paper's model)."""
+        return len(self.feature_names)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Size of the eval-mode descriptor, ``F * embed_dim`` (4096 by default)."""
+        return self.num_features * self.embed_dim
+
+    def min_input_height(self) -> int:
+        """Smallest input height whose layer-4 map still has ``max(parts)`` rows."""
+        return self.output_stride * (max(self.parts) - 1) + 1
+
+    def _check_map_height(self, input_height: int, map_height: int) -> None:
+        largest = max(self.parts)
+        if map_height < largest:
+            raise ValueError(
+                f"input too short: an input of height {input_height} gives a layer-4 map of height "
+                f"{map_height}, but the largest part branch (part{largest}) cuts it into {largest} stripes "
+                f"and equation (1) needs map height >= {largest}. With output stride {self.output_stride} "
+                f"(height/{self.output_stride}) the input must be at least {self.min_input_height()} pixels high "
+                f"(e.g. {self.output_stride * largest}); use a taller input or fewer parts."
+            )
+
+    def feature_maps(self, x: Tensor) -> dict[str, Tensor]:
+        """Each branch's layer-4 map (2048x24x8 at 384x128), keyed ``"part1"``, ``"part3"``, ..."""
+        # Every stride-2 op of a ResNet maps h rows to ceil(h / 2): check before any work
+        # (and before batch norm updates its statistics), then again on the real map.
+        self._check_map_height(x.shape[-2], math.ceil(x.shape[-2] / self.output_stride))
+        shared = self.stem(x)
+        maps = {name: branch.forward_map(shared) for name, branch in self.branches.items()}
+        self._check_map_height(x.shape[-2], next(iter(maps.values())).shape[-2])
+        return maps
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> embedded features ``(B, F, embed_dim)`` (equation (3))."""
+        maps = self.feature_maps(x)
+        # (B, 2C, F, 1): every pooled feature of every branch, so that the shared
+        # 1x1 convolution embeds all F of them in one call.
+        pooled = torch.cat([branch.pool(maps[name]) for name, branch in self.branches.items()], dim=2)
+        return self.embedding(pooled).flatten(2).transpose(1, 2)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Embedded features ``(B, F, E)`` -> cosine logits ``(B, F, num_classes)``."""
+        return torch.stack([clf(features[:, i]) for i, clf in enumerate(self.classifiers)], dim=1)
+
+    def descriptor(self, features: Tensor) -> Tensor:
+        """Embedded features ``(B, F, E)`` -> test descriptor ``(B, F * E)`` (see ``descriptor_norm``)."""
+        if self.descriptor_norm == "per_feature":
+            features = F.normalize(features, dim=-1)
+        return features.flatten(1)
+
+    def forward(self, x: Tensor) -> CANOutput | Tensor:
+        """Training: :class:`CANOutput`; evaluation: the descriptor ``(B, F * embed_dim)``."""
+        features = self.forward_features(x)
+        if self.training:
+            return CANOutput(features=features, logits=self.forward_head(features))
+        return self.descriptor(features)

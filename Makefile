@@ -17,7 +17,6 @@ CHAPTERS       := $(sort $(wildcard chapters/*.ipynb))
 NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force clean clean-all
 

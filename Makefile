@@ -64,6 +64,15 @@ html: $(STAMP)
 
 book: chapters html
 
+train: $(STAMP) data
+	$(BIN)/python -m canlib train --config configs/cpu.yaml --data-root $(DATA_ROOT) --output runs/cpu --resume
+
+ablations: $(STAMP) data
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
+
+ablations-force: $(STAMP) data
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force
+
 benchmarks: $(STAMP) data
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 

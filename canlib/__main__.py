@@ -16,6 +16,7 @@ from typing import Sequence
 _COMMAND_MODULES = (
     "canlib.data.synthetic",  # make-synthetic
     "canlib.engine.cli",  # train, evaluate
+    "canlib.engine.ablation",  # ablate
 )
 
 

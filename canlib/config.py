@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
         "width": 128,
         "p": 8,  # Section 4.5: 8 ids x 4 images = 32
         "k": 4,
+        # Silent: what one "epoch" of the 600 is. "ids": every identity once (P x K images
+        # per batch, #ids / P batches); "images": about every image once (the common libraries).
+        "epoch": "ids",
         "num_workers": 4,
         # The paper mentions only resizing: augmentation is off in the paper profile.
         "flip": False,
@@ -185,6 +188,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("eval.ap must be 'step' or 'trapezoid'")
     if int(cfg["data"]["p"]) < 2 or int(cfg["data"]["k"]) < 2:
         raise ConfigError("data.p and data.k must be at least 2 for the batch-hard triplet loss")
+    if cfg["data"]["epoch"] not in ("ids", "images"):
+        raise ConfigError("data.epoch must be 'ids' or 'images'")
     if int(cfg["optim"]["epochs"]) < 1:
         raise ConfigError("optim.epochs must be at least 1")
 

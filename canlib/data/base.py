@@ -135,6 +135,7 @@ class ReIDDataset:
 
     def _verify(self, records: Sequence[Record], skip: bool) -> list[Record]:
         kept = []
+        skipped = 0
         for rec in records:
             try:
                 read_image(rec[0])
@@ -142,11 +143,12 @@ class ReIDDataset:
                 if not skip:
                     raise
                 logger.warning("skipping corrupt image: %s", exc)
-                self.num_corrupt_skipped += 1
+                skipped += 1
                 continue
             kept.append(rec)
-        if self.num_corrupt_skipped:
-            warnings.warn(f"{self.name}: skipped {self.num_corrupt_skipped} corrupt image(s)", stacklevel=3)
+        if skipped:  # one warning per subset, counting that subset's files only
+            self.num_corrupt_skipped += skipped
+            warnings.warn(f"{self.name}: skipped {skipped} corrupt image(s)", stacklevel=3)
         return kept
 
     def statistics(self) -> dict[str, int]:

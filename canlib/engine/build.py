@@ -107,6 +107,7 @@ def build_loaders(cfg: Mapping[str, Any], dataset, seed: int):
         k=int(d["k"]),
         seed=seed,
         num_workers=int(d["num_workers"]),
+        epoch=d["epoch"],
         flip=bool(d["flip"]),
         pad=int(d["pad"]),
         random_erasing=float(d["random_erasing"]),

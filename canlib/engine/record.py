@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import hashlib
 import os
@@ -31,16 +32,28 @@ def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
-    """A hash of the ``canlib`` sources: equal fingerprints mean the same training code.
+def _code_without_docstrings(source: str) -> str:
+    """The module's syntax tree with docstrings removed (comments never reach the tree)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
-    Recorded runs are reused only when both this and the configuration hash match, so a
-    change to the book or the tests does not invalidate them but a change to the code does.
+
+def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
+    """A hash of what the ``canlib`` sources *do*: equal fingerprints mean the same training code.
+
+    Docstrings and comments are left out, so editing prose does not change it. Recorded
+    runs are reused only when both this and the configuration hash match.
     """
     digest = hashlib.sha256()
     for path in sorted(package_dir.rglob("*.py")):
         digest.update(path.relative_to(package_dir).as_posix().encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_without_docstrings(path.read_text()).encode())
     return digest.hexdigest()[:12]
 
 

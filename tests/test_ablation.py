@@ -1,0 +1,59 @@
+"""The ablation grid: the paper's rows, deduplication, and reuse of recorded runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from canlib.config import config_hash
+from canlib.engine import ablation
+from canlib.engine.ablation import Row, ablation_rows, resolve, run_grid, summarize
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+def test_rows_cover_tables_2_to_4():
+    rows = ablation_rows()
+    assert [r.table for r in rows].count("Table 2") == 5
+    assert [r.table for r in rows].count("Table 3") == 5
+    assert [r.table for r in rows].count("Table 4") == 4
+    assert all("model.collaborative=false" in r.overrides for r in rows if r.table == "Table 2")
+    # Table 4's last row is Table 3's Part-1,3,5,7 with CA: the same resolved configuration.
+    t3 = next(r for r in rows if r.table == "Table 3" and r.label == "Part-1,3,5,7")
+    t4 = next(r for r in rows if r.table == "Table 4" and "local" in r.label)
+    assert config_hash(resolve(SMOKE, t3, 0, "/d")) == config_hash(resolve(SMOKE, t4, 0, "/d"))
+    ce_only = resolve(SMOKE, next(r for r in rows if r.label == "CE"), 0, "/d")
+    assert ce_only["loss"]["triplet_weight"] == 0 and ce_only["loss"]["center_weight"] == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from canlib.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic(root, ids=12, seed=5, images_per_id=5)
+    return root
+
+
+def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, monkeypatch):
+    calls = []
+    real = ablation._train_subprocess
+    monkeypatch.setattr(ablation, "_train_subprocess", lambda cfg, *a: (calls.append(cfg), real(cfg, *a)))
+    rows = [r for r in ablation_rows(["Table 3", "Table 4"]) if r.label in ("Part-1,3,5,7", "CE + triplet + center (global & local)")]
+    kwargs = dict(profile=SMOKE, data_root=tiny_data, rows=rows, seeds=(0,),
+                  results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    records = run_grid(**kwargs)
+    assert len(records) == 2 and len(calls) == 1 and records[0]["run"] == records[1]["run"]
+    recorded = tmp_path / "results" / records[0]["run"]
+    assert sorted(p.name for p in recorded.iterdir()) == ["config.yaml", "log.jsonl", "metrics.json", "run.json"]
+    assert run_grid(**kwargs) == records and len(calls) == 1  # reused, not retrained
+    # A run recorded by different code is not reused.
+    run_json = recorded / "run.json"
+    record = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**record, "code_fingerprint": "000000000000"}))
+    run_grid(**kwargs)
+    assert len(calls) == 2
+    table, mean, std = summarize(records * 1)
+    assert table.loc[("Table 4", "CE + triplet + center (global & local)"), "paper mAP"] == 89.6

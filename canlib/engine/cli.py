@@ -36,7 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         log.error("%s", exc)
         return EXIT_DIVERGED
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        # RuntimeError: e.g. ImageNet weights asked for offline (the message says what to pass).
         log.error("%s", exc)
         return EXIT_BAD_INPUT
     print(json.dumps({k: v for k, v in metrics.items() if k != "cmc"}, indent=2))

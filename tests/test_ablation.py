@@ -57,3 +57,12 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     assert len(calls) == 2
     table, mean, std = summarize(records * 1)
     assert table.loc[("Table 4", "CE + triplet + center (global & local)"), "paper mAP"] == 89.6
+
+
+def test_load_records_reads_without_training(tiny_data, tmp_path):
+    rows = [r for r in ablation_rows(["Table 4"]) if r.label == "CE"]
+    kwargs = dict(rows=rows, seeds=(0,), results_dir=tmp_path / "results")
+    assert ablation.load_records(SMOKE, tiny_data, **kwargs) == []
+    run_grid(SMOKE, tiny_data, runs_dir=tmp_path / "runs", **kwargs)
+    (record,) = ablation.load_records(SMOKE, tiny_data, **kwargs)
+    assert record["current"] and record["row"] == "CE" and 0 <= record["mAP"] <= 1

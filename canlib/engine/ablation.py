@@ -61,15 +61,47 @@ def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> 
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
 
 
-def recorded_run(results_dir: Path, cfg: dict[str, Any], fingerprint: str) -> dict[str, Any] | None:
-    """The metrics of a recorded run with this configuration and code, or None."""
-    folder = results_dir / config_hash(cfg)
+def recorded_run(results_dir: Path, cfg: dict[str, Any], fingerprint: str | None) -> dict[str, Any] | None:
+    """The metrics of a recorded run with this configuration, or None.
+
+    With a ``fingerprint`` the run must also have been trained by the same code; with
+    ``None`` any recorded run of the configuration is returned (see :func:`load_records`).
+    """
+    folder = Path(results_dir) / config_hash(cfg)
     try:
         record = json.loads((folder / "run.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return metrics if record.get("code_fingerprint") == fingerprint else None
+    if fingerprint is not None and record.get("code_fingerprint") != fingerprint:
+        return None
+    return {**metrics, "code_fingerprint": record.get("code_fingerprint"), "commit": record.get("git", {}).get("commit")}
+
+
+def load_records(
+    profile: str | Path,
+    data_root: str | Path,
+    rows: Sequence[Row] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    results_dir: str | Path = "results/ablations",
+) -> list[dict[str, Any]]:
+    """Read the recorded runs of a grid without training anything (for the book).
+
+    Each record says whether it was trained by the current code (``current``); runs that
+    were never recorded are left out, so a reader sees what exists and how fresh it is.
+    """
+    fingerprint = code_fingerprint()
+    out = []
+    for row in rows if rows is not None else ablation_rows():
+        for seed in seeds:
+            cfg = resolve(profile, row, seed, data_root)
+            metrics = recorded_run(Path(results_dir), cfg, None)
+            if metrics is None:
+                continue
+            out.append({"table": row.table, "row": row.label, "seed": seed, "run": config_hash(cfg),
+                        "current": metrics["code_fingerprint"] == fingerprint, "commit": metrics["commit"],
+                        **{k: metrics[k] for k in METRIC_KEYS if k in metrics}})
+    return out
 
 
 def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: int) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from canlib.config import config_hash
 from canlib.engine import ablation
 from canlib.engine.ablation import Row, ablation_rows, resolve, run_grid, summarize
@@ -26,15 +24,6 @@ def test_rows_cover_tables_2_to_4():
     assert config_hash(resolve(SMOKE, t3, 0, "/d")) == config_hash(resolve(SMOKE, t4, 0, "/d"))
     ce_only = resolve(SMOKE, next(r for r in rows if r.label == "CE"), 0, "/d")
     assert ce_only["loss"]["triplet_weight"] == 0 and ce_only["loss"]["center_weight"] == 0
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from canlib.data.synthetic import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, ids=12, seed=5, images_per_id=5)
-    return root
 
 
 def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, monkeypatch):

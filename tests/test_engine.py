@@ -17,15 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from canlib.data.synthetic import make_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(root, ids=16, seed=3, images_per_id=6)
-    return root
-
-
 def smoke_cfg(root: Path, *overrides: str) -> dict:
     return load_config(SMOKE, [f"data.root={root}", *overrides])
 

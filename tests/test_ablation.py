@@ -44,8 +44,24 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     run_json.write_text(json.dumps({**record, "code_fingerprint": "000000000000"}))
     run_grid(**kwargs)
     assert len(calls) == 2
-    table, mean, std = summarize(records * 1)
-    assert table.loc[("Table 4", "CE + triplet + center (global & local)"), "paper mAP"] == 89.6
+    # ... and its working folder, when trained by other code, is discarded rather than resumed.
+    train_log = tmp_path / "runs" / records[0]["run"] / "train.log"
+    assert "resumed from" in train_log.read_text()  # same code: the finished checkpoint is reused
+    for folder in (recorded, tmp_path / "runs" / records[0]["run"]):
+        run_json = folder / "run.json"
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "code_fingerprint": "000000000000"}))
+    assert run_grid(**kwargs) == records and len(calls) == 3
+    assert "resumed from" not in train_log.read_text()
+
+
+def test_summarize_formats_one_and_several_seeds():
+    base = {"table": "Table 4", "row": "CE", "rank1": 0.5, "mINP": 0.1}
+    one, mean, std = summarize([{**base, "seed": 0, "mAP": 0.25}])
+    assert one.loc[("Table 4", "CE"), "mAP"] == "25.0" and one.loc[("Table 4", "CE"), "seeds"] == 1
+    assert one.loc[("Table 4", "CE"), "paper mAP"] == 87.0
+    three, mean, std = summarize([{**base, "seed": s, "mAP": m} for s, m in enumerate((0.2, 0.3, 0.4))])
+    assert three.loc[("Table 4", "CE"), "mAP"] == "30.0 ± 10.0"
+    assert abs(mean.loc[("Table 4", "CE"), "mAP"] - 30.0) < 1e-9 and abs(std.loc[("Table 4", "CE"), "mAP"] - 10.0) < 1e-9
 
 
 def test_load_records_reads_without_training(tiny_data, tmp_path):

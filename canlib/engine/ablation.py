@@ -116,6 +116,15 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
 
+def _is_stale(run_dir: Path, fingerprint: str) -> bool:
+    """A working folder left by other training code (resuming it would mix two codes)."""
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # nothing recorded yet: an interrupted start, safe to resume
+    return record.get("code_fingerprint") != fingerprint
+
+
 def run_grid(
     profile: str | Path,
     data_root: str | Path,
@@ -128,30 +137,27 @@ def run_grid(
     jobs: int = 1,
     threads_per_job: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) every (row, seed) and return one record per run.
+    """Train (or reuse) every (row, seed) and return one record per run (as :func:`load_records`).
 
     Identical configurations that appear in two tables (Table 3's Part-1,3,5,7 is Table 4's
-    last row) are trained once. ``jobs`` runs train side by side in child processes.
+    last row) are trained once. ``jobs`` runs train side by side in child processes. An
+    interrupted run resumes from its working folder; a folder left by other training code
+    (another fingerprint) is discarded first.
     """
     rows = list(rows if rows is not None else ablation_rows())
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
     fingerprint = code_fingerprint()
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    todo: dict[str, dict[str, Any]] = {}
-    plan: list[tuple[Row, int, dict[str, Any]]] = []
-    for row in rows:
-        for seed in seeds:
-            cfg = resolve(profile, row, seed, data_root)
-            plan.append((row, seed, cfg))
-            key = config_hash(cfg)
-            if force or recorded_run(results_dir, cfg, fingerprint) is None:
-                todo.setdefault(key, cfg)
-    log.info("ablation grid: %d runs, %d distinct, %d to train", len(plan), len({config_hash(c) for *_, c in plan}), len(todo))
+    plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
+    todo = {key: cfg for key, cfg in plan.items()
+            if force or recorded_run(results_dir, cfg, fingerprint) is None}
+    log.info("ablation grid: %d runs, %d distinct, %d to train",
+             len(rows) * len(seeds), len(plan), len(todo))
 
     def work(item: tuple[str, dict[str, Any]]) -> None:
         key, cfg = item
         run_dir = runs_dir / key
-        if force and run_dir.exists():
+        if run_dir.exists() and (force or _is_stale(run_dir, fingerprint)):
             shutil.rmtree(run_dir)
         _train_subprocess(cfg, run_dir, device, threads)
         dest = results_dir / key
@@ -163,31 +169,42 @@ def run_grid(
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         list(pool.map(work, todo.items()))
 
-    records = []
-    for row, seed, cfg in plan:
-        metrics = recorded_run(results_dir, cfg, fingerprint)
-        if metrics is None:  # pragma: no cover - a finished run always records
-            raise RuntimeError(f"run {config_hash(cfg)} ({row.table} {row.label}, seed {seed}) left no metrics")
-        records.append({"table": row.table, "row": row.label, "seed": seed, "run": config_hash(cfg),
-                        **{k: metrics[k] for k in METRIC_KEYS if k in metrics}})
+    records = load_records(profile, data_root, rows, seeds, results_dir)
+    missing = len(rows) * len(seeds) - len(records)
+    stale = [r["run"] for r in records if not r["current"]]
+    if missing or stale:  # pragma: no cover - a finished run always records
+        raise RuntimeError(f"ablation grid incomplete: {missing} runs without metrics, stale runs {stale}")
     return records
 
 
+def _format(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` in percent with one decimal (just the mean for a single seed)."""
+    return f"{mean:.1f}" if seeds < 2 else f"{mean:.1f} ± {std:.1f}"
+
+
 def summarize(records: Sequence[dict[str, Any]]):
-    """Mean and standard deviation over seeds per (table, row), in percent, beside the paper's numbers."""
+    """Mean and sample standard deviation over seeds per (table, row), in percent.
+
+    Returns ``(table, mean, std)``: ``table`` holds ``"mean ± std"`` strings (the mean alone
+    for a single seed), the number of seeds, and the paper's mAP and rank-1 beside them;
+    ``mean`` and ``std`` are the numeric frames (``std`` is NaN for a single seed).
+    """
     import pandas as pd
 
     from canlib import paper
 
     df = pd.DataFrame(records)
-    stats = df.groupby(["table", "row"], sort=False)[[k for k in METRIC_KEYS if k in df]]
-    mean, std = stats.mean() * 100, stats.std(ddof=1) * 100
-    out = mean.round(2).astype(str) + " ± " + std.round(2).astype(str)
-    out["seeds"] = stats.size()
+    keys = [k for k in METRIC_KEYS if k in df]
+    stats = df.groupby(["table", "row"], sort=False)[keys]
+    mean, std, n = stats.mean() * 100, stats.std(ddof=1) * 100, stats.size()
+    table = pd.DataFrame(
+        {k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index
+    )
+    table["seeds"] = n
     published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
-    out["paper mAP"] = [published[t].get(r, {}).get("mAP") for t, r in out.index]
-    out["paper rank1"] = [published[t].get(r, {}).get("rank1") for t, r in out.index]
-    return out, mean, std
+    table["paper mAP"] = [published[t].get(r, {}).get("mAP") for t, r in table.index]
+    table["paper rank1"] = [published[t].get(r, {}).get("rank1") for t, r in table.index]
+    return table, mean, std
 
 
 def _ablate(args) -> int:

@@ -1,0 +1,52 @@
+"""Exported weights: a finished run's network, without the training state, loads back for inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from canlib.config import load_config
+from canlib.engine.build import build_dataset, build_loaders
+from canlib.engine.trainer import Trainer, train
+from canlib.engine.weights import export_weights, load_trained
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("weights") / "run"
+    train(load_config(SMOKE, [f"data.root={tiny_data}"]), run, device="cpu")
+    return run
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dtype):
+    path = export_weights(finished_run, tmp_path / "w.pt", dtype=dtype)
+    assert path.stat().st_size < (finished_run / "checkpoints" / "last.pt").stat().st_size
+    model, meta = load_trained(path)
+    assert not model.training and meta["epoch"] == 2 and meta["metrics"]["mAP"] >= 0
+    assert meta["record"]["code_fingerprint"] and meta["config"]["data"]["root"]
+
+    trainer = Trainer(meta["config"], tmp_path / "again", device="cpu")
+    trainer.load_checkpoint(finished_run / "checkpoints" / "last.pt")
+    reference = trainer.model.eval()
+    _, query_loader, _ = build_loaders(meta["config"], build_dataset(meta["config"]), seed=0)
+    images = next(iter(query_loader))[0][:4]
+    with torch.no_grad():
+        a, b = reference(images), model(images)
+    tol = 0 if dtype is None else 2e-2
+    assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
+
+
+def test_export_needs_a_finished_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoints/last.pt"):
+        export_weights(tmp_path, tmp_path / "w.pt")
+
+
+def test_load_rejects_other_files(tmp_path):
+    torch.save({"model": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="exported weights"):
+        load_trained(tmp_path / "x.pt")

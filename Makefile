@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force clean clean-all
+.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force weights clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -26,6 +26,7 @@ help:
 	@echo "make data        generate the synthetic data set in $(DATA_ROOT)"
 	@echo "make train       one training run of the cpu profile on the synthetic data"
 	@echo "make ablations   the cpu-profile grid of Tables 2-4 (reuses recorded runs)"
+	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
 	@echo "make benchmarks  evaluator, data and throughput benchmarks"
 	@echo "make clean       remove build outputs (keeps .venv and data)"
 
@@ -72,6 +73,12 @@ ablations: $(STAMP) data
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force
+
+# The trained models the results chapter draws (its Figure 4 analogue and ranked lists), from
+# the grid's working folders (runs/ablations, with checkpoints) into results/weights/<hash>.pt.
+weights: $(STAMP)
+	$(BIN)/python -m canlib export --config configs/cpu.yaml --data-root $(DATA_ROOT) --seed 0 \
+	  --row "Table 2:Part-1,2,3" --row "Table 2:Part-1,3,5,7" --row "Table 3:Part-1,3,5,7"
 
 benchmarks: $(STAMP) data
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done

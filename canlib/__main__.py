@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "canlib.data.synthetic",  # make-synthetic
     "canlib.engine.cli",  # train, evaluate
     "canlib.engine.ablation",  # ablate
+    "canlib.engine.weights",  # export
 )
 
 

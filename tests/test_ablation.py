@@ -71,3 +71,43 @@ def test_load_records_reads_without_training(tiny_data, tmp_path):
     run_grid(SMOKE, tiny_data, runs_dir=tmp_path / "runs", **kwargs)
     (record,) = ablation.load_records(SMOKE, tiny_data, **kwargs)
     assert record["current"] and record["row"] == "CE" and 0 <= record["mAP"] <= 1
+
+
+def _records(values_by_row: dict[tuple[str, str], list[float]]) -> list[dict]:
+    return [{"table": t, "row": r, "seed": s, "run": f"{t}{r}{s}", "mAP": v, "rank1": v}
+            for (t, r), values in values_by_row.items() for s, v in enumerate(values)]
+
+
+def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
+    from canlib import paper
+    from canlib.engine.ablation import judge_claims, paper_claims
+
+    claims = paper_claims()
+    assert len(claims) == 8 and {c.kind for c in claims} == {"greater", "decreasing", "pairwise", "best"}
+    # Records that copy the paper's means (three seeds at +-0.02 points): every claim holds, clearly.
+    published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
+    copy = {(t, r): [v["mAP"] / 100 + d for d in (-0.0002, 0.0, 0.0002)] for t, rows in published.items()
+            for r, v in rows.items()}
+    judged = judge_claims(_records(copy))
+    assert (judged["paper holds?"] == "yes").all() and (judged["proxy holds?"] == "yes").all()
+    assert (judged["min seeds"] == 3).all() and (judged["min t"] > 3).all()
+    assert judged.loc[0, "proxy mAP %"] == "86.6 vs 83.9"
+
+    # Reverse Table 4's CE and CE + triplet: that claim fails with a negative t; the others are unaffected.
+    t4 = list(paper.TABLE4)
+    copy[("Table 4", t4[0])], copy[("Table 4", t4[1])] = copy[("Table 4", t4[1])], copy[("Table 4", t4[0])]
+    judged = judge_claims(_records(copy)).set_index("claim")
+    triplet = next(c.text for c in claims if "triplet loss helps" in c.text)
+    assert judged.loc[triplet, "proxy holds?"] == "no" and judged.loc[triplet, "min t"] < -3
+    assert (judged.drop(index=[triplet, next(c.text for c in claims if "center loss" in c.text)])["proxy holds?"]
+            == "yes").all()
+
+
+def test_judge_claims_without_records_or_with_one_seed():
+    from canlib.engine.ablation import judge_claims
+
+    empty = judge_claims([])
+    assert (empty["proxy holds?"] == "not run").all() and (empty["min seeds"] == 0).all()
+    one = judge_claims(_records({("Table 2", "Part-1,2,3"): [0.5], ("Table 2", "Part-1,3,5,7,9"): [0.4]}))
+    assert one.loc[0, "proxy holds?"] == "yes" and one.loc[0, "min t"] != one.loc[0, "min t"]  # NaN: one seed
+    assert (one.loc[1:, "proxy holds?"] == "not run").all()

@@ -50,3 +50,36 @@ def test_load_rejects_other_files(tmp_path):
     torch.save({"model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="exported weights"):
         load_trained(tmp_path / "x.pt")
+
+
+def test_export_cli_by_run_folder_and_by_ablation_row(finished_run, tmp_path, tiny_data):
+    from canlib.__main__ import main
+    from canlib.config import config_hash
+    from canlib.engine.ablation import ablation_rows, resolve
+
+    out = tmp_path / "by-run.pt"
+    assert main(["export", "--run", str(finished_run), "--out", str(out), "--dtype", "float32"]) == 0
+    assert load_trained(out)[1]["epoch"] == 2
+
+    # --row resolves the run folder from the profile, the row and the seed, as the grid names it
+    row = next(r for r in ablation_rows(["Table 3"]) if r.label == "Part-1,3,5,7")
+    run_name = config_hash(resolve(SMOKE, row, 0, tiny_data))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / run_name).symlink_to(finished_run, target_is_directory=True)
+    args = ["export", "--config", str(SMOKE), "--data-root", str(tiny_data), "--seed", "0",
+            "--runs", str(runs), "--out-dir", str(tmp_path / "w"), "--row", "Table 3:Part-1,3,5,7"]
+    assert main(args) == 0
+    assert (tmp_path / "w" / f"{run_name}.pt").is_file()
+
+
+def test_export_cli_reports_bad_input(tmp_path, caplog):
+    from canlib.__main__ import main
+
+    assert main(["export"]) == 2
+    assert main(["export", "--row", "Table 3:Part-1,3,5,7"]) == 2
+    assert "needs --config" in caplog.text
+    assert main(["export", "--config", str(SMOKE), "--data-root", str(tmp_path), "--row", "Table 9:x"]) == 2
+    assert "unknown row" in caplog.text
+    assert main(["export", "--run", str(tmp_path)]) == 2
+    assert "checkpoints/last.pt" in caplog.text

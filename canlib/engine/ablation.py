@@ -6,6 +6,8 @@ and recorded under ``results_dir/<hash>/`` with its configuration, run record, p
 log and metrics. A recorded run is reused when its configuration hash matches and its code
 fingerprint (:func:`canlib.engine.record.code_fingerprint`) equals the current one, so
 rerunning the grid only trains what changed; ``force=True`` retrains everything.
+:func:`paper_claims` and :func:`judge_claims` state the comparisons the paper's text draws
+from the tables and test them on the recorded runs.
 """
 
 from __future__ import annotations
@@ -245,3 +247,104 @@ def register_cli(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="retrain even when a recorded run exists")
     p.set_defaults(func=_ablate)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A comparative claim of Sections 4.2-4.3 about the mAP of table rows.
+
+    ``kind``: ``"greater"`` (the first row beats the second), ``"decreasing"`` (each row beats
+    the next), ``"pairwise"`` (row ``i`` of the first half beats row ``i`` of the second half)
+    or ``"best"`` (the first row is at least as good as every other row).
+    """
+
+    text: str
+    kind: str
+    rows: tuple[tuple[str, str], ...]
+
+    def comparisons(self) -> list[tuple[int, int]]:
+        """The ``(better, worse)`` index pairs the claim asserts."""
+        n = len(self.rows)
+        if self.kind == "greater":
+            return [(0, 1)]
+        if self.kind == "decreasing":
+            return [(i, i + 1) for i in range(n - 1)]
+        if self.kind == "pairwise":
+            return [(i, i + n // 2) for i in range(n // 2)]
+        if self.kind == "best":
+            return [(0, i) for i in range(1, n)]
+        raise ValueError(f"unknown claim kind {self.kind!r}")
+
+
+def paper_claims() -> list[Claim]:
+    """The claims the paper's text draws from Tables 2-4, in the order it makes them."""
+    patterns = list(TABLE_PATTERNS)
+    t4 = list(TABLE4_ROWS)
+    best = "Part-1,3,5,7"
+    return [
+        Claim("finer stripes without CA hurt: Part-1,2,3 > Part-1,3,5,7,9 (Table 2)", "greater",
+              (("Table 2", patterns[0]), ("Table 2", patterns[-1]))),
+        Claim("without CA, mAP falls at every step from Part-1,2,3 to Part-1,3,5,7,9", "decreasing",
+              tuple(("Table 2", p) for p in patterns)),
+        Claim("CA improves Part-1,3,5,7 (Table 3 vs Table 2)", "greater", (("Table 3", best), ("Table 2", best))),
+        Claim("CA improves every part pattern", "pairwise",
+              tuple(("Table 3", p) for p in patterns) + tuple(("Table 2", p) for p in patterns)),
+        Claim("with CA, Part-1,3,5,7 is the best pattern", "best",
+              (("Table 3", best),) + tuple(("Table 3", p) for p in patterns if p != best)),
+        Claim("adding the triplet loss helps: CE + triplet > CE", "greater", (("Table 4", t4[1]), ("Table 4", t4[0]))),
+        Claim("adding the center loss helps: CE + triplet + center > CE + triplet", "greater",
+              (("Table 4", t4[2]), ("Table 4", t4[1]))),
+        Claim("clustering losses on global & local features > global only", "greater",
+              (("Table 4", t4[3]), ("Table 4", t4[2]))),
+    ]
+
+
+def judge_claims(records: Sequence[dict[str, Any]], claims: Sequence[Claim] | None = None, metric: str = "mAP"):
+    """Evaluate each claim on the paper's numbers and on the recorded runs' means.
+
+    Besides the verdicts, ``min t`` is the smallest Welch statistic over the claim's
+    comparisons, ``(mean_better - mean_worse) / sqrt(s1^2/n1 + s2^2/n2)``: negative when a
+    comparison goes the other way, large when the ordering is clear of seed noise (with three
+    seeds per row, about 3 for a one-sided 95 % test). It is NaN below two seeds per row.
+    """
+    import math
+
+    import pandas as pd
+
+    from canlib import paper
+
+    published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
+    _, mean, std = summarize(records) if len(records) else (None, None, None)
+    n = pd.DataFrame(records).groupby(["table", "row"]).size() if len(records) else None
+    out = []
+    for claim in claims if claims is not None else paper_claims():
+        pv = [published[t][r][metric] for t, r in claim.rows]
+        have = mean is not None and all(key in mean.index for key in claim.rows)
+        ov = [float(mean.loc[key, metric]) for key in claim.rows] if have else []
+        seeds = [int(n.loc[key]) for key in claim.rows] if have else [0]
+        ts = []
+        if have:
+            for a, b in claim.comparisons():
+                sa, sb = float(std.loc[claim.rows[a], metric]), float(std.loc[claim.rows[b], metric])
+                se = math.sqrt(sa ** 2 / seeds[a] + sb ** 2 / seeds[b]) if min(seeds[a], seeds[b]) > 1 else math.nan
+                ts.append((ov[a] - ov[b]) / se if se > 0 else math.nan)
+        holds = lambda v: all(v[a] > v[b] if claim.kind != "best" else v[a] >= v[b] for a, b in claim.comparisons())  # noqa: E731
+        out.append({
+            "claim": claim.text,
+            "paper holds?": "yes" if holds(pv) else "no",
+            "paper mAP %": _values(pv, claim),
+            "proxy holds?": ("yes" if holds(ov) else "no") if have else "not run",
+            "proxy mAP %": _values(ov, claim) if have else "-",
+            "min t": round(min(ts), 1) if ts and not any(math.isnan(t) for t in ts) else math.nan,
+            "min seeds": min(seeds),
+        })
+    return pd.DataFrame(out)
+
+
+def _values(values: Sequence[float], claim: Claim) -> str:
+    if claim.kind == "pairwise":  # with / without, pattern by pattern
+        half = len(values) // 2
+        return ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(values[:half], values[half:]))
+    if len(values) == 2:
+        return f"{values[0]:.1f} vs {values[1]:.1f}"
+    return ", ".join(f"{v:.1f}" for v in values)

@@ -64,3 +64,57 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in payload["model"].items()})
     meta = {k: v for k, v in payload.items() if k != "model"}
     return model.to(device).eval(), meta
+
+
+def _export(args) -> int:
+    import logging
+
+    log = logging.getLogger(__name__)
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
+    runs: list[Path] = [Path(r) for r in args.run or []]
+    if args.row:
+        if args.config is None or args.data_root is None:
+            log.error("--row needs --config and --data-root (to resolve the run's configuration hash)")
+            return 2
+        from canlib.config import config_hash
+        from canlib.engine.ablation import ablation_rows, resolve
+
+        known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
+        for spec in args.row:
+            if spec not in known:
+                log.error("unknown row %r; known rows: %s", spec, ", ".join(known))
+                return 2
+            runs.append(Path(args.runs) / config_hash(resolve(args.config, known[spec], args.seed, args.data_root)))
+    if not runs:
+        log.error("nothing to export: give --run DIR or --row 'Table N:label'")
+        return 2
+    for run in runs:
+        dest = Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt"
+        try:
+            export_weights(run, dest, dtype=dtype)
+        except FileNotFoundError as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add the ``export`` sub-command (a run's trained weights without the training state)."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a finished run's weights (for inference and the book's figures)",
+        description="Write a run's final weights, configuration, record and metrics to one file that "
+        "canlib.engine.weights.load_trained reads. Name runs by folder (--run) or by ablation row "
+        "(--row 'Table 3:Part-1,3,5,7' with --config, --data-root and --seed).",
+    )
+    p.add_argument("--run", action="append", help="a finished run folder (with checkpoints/last.pt); repeatable")
+    p.add_argument("--row", action="append", help="an ablation row 'Table N:label'; repeatable")
+    p.add_argument("--config", help="the profile the grid was run with (for --row)")
+    p.add_argument("--data-root", help="the data root the grid was run with (for --row)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (for --row)")
+    p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (for --row)")
+    p.add_argument("--out", help="output file (one run only)")
+    p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(func=_export)

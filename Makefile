@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force weights clean clean-all
+.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force weights experiments clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -26,6 +26,8 @@ help:
 	@echo "make data        generate the synthetic data set in $(DATA_ROOT)"
 	@echo "make train       one training run of the cpu profile on the synthetic data"
 	@echo "make ablations   the cpu-profile grid of Tables 2-4 (reuses recorded runs)"
+	@echo "make experiments the training and ablation notebooks via papermill, copies in results/notebooks"
+	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
 	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
 	@echo "make benchmarks  evaluator, data and throughput benchmarks"
 	@echo "make clean       remove build outputs (keeps .venv and data)"
@@ -73,6 +75,22 @@ ablations: $(STAMP) data
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force
+
+# The experiment notebooks as papermill runs with parameters: they train what is not recorded
+# (train_missing), and their executed copies land in results/notebooks/<notebook>-<profile>-<dataset>.ipynb.
+# The real recipe: make experiments PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda
+PROFILE ?= cpu
+DATASET ?= synthetic
+DEVICE  ?= cpu
+EXPERIMENTS := 08_training 09_ablations
+experiments: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
+	mkdir -p results/notebooks
+	cd chapters && for nb in $(EXPERIMENTS); do \
+	  echo "papermill $$nb ($(PROFILE), $(DATASET))"; \
+	  ../$(BIN)/papermill --cwd . --log-level WARNING $$nb.ipynb ../results/notebooks/$$nb-$(PROFILE)-$(DATASET).ipynb \
+	    -p profile $(PROFILE) -p dataset $(DATASET) -p data_root $(shell realpath -m --relative-to=chapters $(DATA_ROOT)) -p device $(DEVICE) \
+	    -p train_missing True; \
+	done
 
 # The trained models the results chapter draws (its Figure 4 analogue and ranked lists), from
 # the grid's working folders (runs/ablations, with checkpoints) into results/weights/<hash>.pt.

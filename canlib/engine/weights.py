@@ -69,13 +69,15 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
 def _export(args) -> int:
     import logging
 
+    from canlib.engine.cli import EXIT_BAD_INPUT
+
     log = logging.getLogger(__name__)
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
     runs: list[Path] = [Path(r) for r in args.run or []]
     if args.row:
         if args.config is None or args.data_root is None:
             log.error("--row needs --config and --data-root (to resolve the run's configuration hash)")
-            return 2
+            return EXIT_BAD_INPUT
         from canlib.config import config_hash
         from canlib.engine.ablation import ablation_rows, resolve
 
@@ -83,18 +85,18 @@ def _export(args) -> int:
         for spec in args.row:
             if spec not in known:
                 log.error("unknown row %r; known rows: %s", spec, ", ".join(known))
-                return 2
+                return EXIT_BAD_INPUT
             runs.append(Path(args.runs) / config_hash(resolve(args.config, known[spec], args.seed, args.data_root)))
     if not runs:
         log.error("nothing to export: give --run DIR or --row 'Table N:label'")
-        return 2
+        return EXIT_BAD_INPUT
     for run in runs:
         dest = Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt"
         try:
             export_weights(run, dest, dtype=dtype)
         except FileNotFoundError as exc:
             log.error("%s", exc)
-            return 2
+            return EXIT_BAD_INPUT
         log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
     return 0
 

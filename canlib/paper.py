@@ -34,6 +34,9 @@ TABLE4: dict[str, dict[str, float]] = {
     "CE + triplet + center (global & local)": {"mAP": 89.6, "rank1": 95.7, "rank3": 97.8, "rank5": 98.6},
 }
 
+#: The ablation tables by name, as :mod:`canlib.engine.ablation` labels its rows.
+ABLATION_TABLES: dict[str, dict[str, dict[str, float]]] = {"Table 2": TABLE2, "Table 3": TABLE3, "Table 4": TABLE4}
+
 #: Table 5: CAN on Market-1501 in the comparison table (one point above Table 4's best row,
 #: unexplained in the paper).
 TABLE5_CAN: dict[str, float] = {"mAP": 90.6, "rank1": 96.4, "rank5": 98.8, "rank10": 99.3}

@@ -203,9 +203,8 @@ def summarize(records: Sequence[dict[str, Any]]):
         {k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index
     )
     table["seeds"] = n
-    published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
-    table["paper mAP"] = [published[t].get(r, {}).get("mAP") for t, r in table.index]
-    table["paper rank1"] = [published[t].get(r, {}).get("rank1") for t, r in table.index]
+    table["paper mAP"] = [paper.ABLATION_TABLES[t].get(r, {}).get("mAP") for t, r in table.index]
+    table["paper rank1"] = [paper.ABLATION_TABLES[t].get(r, {}).get("rank1") for t, r in table.index]
     return table, mean, std
 
 
@@ -313,15 +312,13 @@ def judge_claims(records: Sequence[dict[str, Any]], claims: Sequence[Claim] | No
 
     from canlib import paper
 
-    published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
-    _, mean, std = summarize(records) if len(records) else (None, None, None)
-    n = pd.DataFrame(records).groupby(["table", "row"]).size() if len(records) else None
+    summary, mean, std = summarize(records) if len(records) else (None, None, None)
     out = []
     for claim in claims if claims is not None else paper_claims():
-        pv = [published[t][r][metric] for t, r in claim.rows]
+        pv = [paper.ABLATION_TABLES[t][r][metric] for t, r in claim.rows]
         have = mean is not None and all(key in mean.index for key in claim.rows)
         ov = [float(mean.loc[key, metric]) for key in claim.rows] if have else []
-        seeds = [int(n.loc[key]) for key in claim.rows] if have else [0]
+        seeds = [int(summary.loc[key, "seeds"]) for key in claim.rows] if have else [0]
         ts = []
         if have:
             for a, b in claim.comparisons():

@@ -10,6 +10,7 @@ models it shows), and :func:`load_trained` rebuilds the model from it, in evalua
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import yaml
 
 from canlib.engine.build import build_model
 from canlib.model import CAN
+
+log = logging.getLogger(__name__)
 
 #: File format version of an exported weights file.
 FORMAT = 1
@@ -67,11 +70,8 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
 
 
 def _export(args) -> int:
-    import logging
-
     from canlib.engine.cli import EXIT_BAD_INPUT
 
-    log = logging.getLogger(__name__)
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
     runs: list[Path] = [Path(r) for r in args.run or []]
     if args.row:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from canlib.metrics import JUNK_PID
 from canlib.model import CAN
 
 
@@ -123,9 +124,9 @@ def ranked_lists(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``topk`` gallery indices, nearest first, and whether each is a true match.
 
-    Market-1501 protocol: gallery images of the query's identity taken by the query's camera
-    are not ranked (they would be trivial matches). Ties are broken by gallery index (a stable
-    sort), as in :mod:`canlib.metrics`.
+    Market-1501 protocol, as :mod:`canlib.metrics` applies it: gallery images of the query's
+    identity taken by the query's camera, and junk images (pid :data:`~canlib.metrics.JUNK_PID`),
+    are not ranked. Ties are broken by gallery index (a stable sort).
     """
     dist = distmat.detach().cpu().numpy() if isinstance(distmat, Tensor) else np.asarray(distmat)
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
@@ -135,7 +136,7 @@ def ranked_lists(
     indices = np.empty((len(q_pids), topk), dtype=np.int64)
     matches = np.empty((len(q_pids), topk), dtype=bool)
     for i in range(len(q_pids)):
-        keep = ~((g_pids == q_pids[i]) & (g_camids == q_camids[i]))
+        keep = ~((g_pids == q_pids[i]) & (g_camids == q_camids[i])) & (g_pids != JUNK_PID)
         candidates = np.flatnonzero(keep)
         if len(candidates) < topk:
             raise ValueError(f"query {i} has only {len(candidates)} rankable gallery images, fewer than topk={topk}")

@@ -63,6 +63,11 @@ def test_ranked_lists_skip_same_camera_matches_and_agree_with_argsort():
         d = np.where(junk, np.inf, dist[i])
         assert idx[i].tolist() == np.argsort(d, kind="stable")[:5].tolist()
         assert match[i].tolist() == (g_pids[idx[i]] == q_pids[i]).tolist()
+    # junk gallery images (pid -1) are never ranked, as in the evaluator
+    junk_pids = g_pids.copy()
+    junk_pids[np.argmin(dist[0])] = -1
+    idx_j, _ = ranked_lists(dist, q_pids, q_cams, junk_pids, g_cams, topk=5)
+    assert not (junk_pids[idx_j] == -1).any()
     with pytest.raises(ValueError, match="does not match"):
         ranked_lists(dist[:, :5], q_pids, q_cams, g_pids, g_cams)
     with pytest.raises(ValueError, match="fewer than topk"):

@@ -18,25 +18,28 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force weights experiments clean clean-all
+.PHONY: help venv data test unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide gpu-check clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
 	@echo "make test        unit tests + nbval over chapters/ (what CI runs)"
 	@echo "make data        generate the synthetic data set in $(DATA_ROOT)"
 	@echo "make train       one training run of the cpu profile on the synthetic data"
+	@echo "make decide      the paper's silences, decided on a validation split (results/decisions)"
 	@echo "make ablations   the cpu-profile grid of Tables 2-4 (reuses recorded runs)"
 	@echo "make experiments the training and ablation notebooks via papermill, copies in results/notebooks"
 	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
+	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
 	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
 	@echo "make benchmarks  evaluator, data and throughput benchmarks"
+	@echo "make gpu-check   the GPU path in one command (< 5 min on one GPU; a tiny dry run without CUDA)"
 	@echo "make clean       remove build outputs (keeps .venv and data)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e ".[test,book]"
+	$(BIN)/python -m pip install --quiet -e ".[test,book,export]"
 	touch $(STAMP)
 
 data: $(DATA_ROOT)/meta.json
@@ -73,6 +76,11 @@ train: $(STAMP) data
 ablations: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
 
+# The paper's silences and the proxy's calibration, decided on a validation split of the training
+# identities before the grid is run (results/decisions/; configs/cpu.yaml holds the choices).
+decide: $(STAMP) data
+	$(BIN)/python -m canlib decide --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
+
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force
 
@@ -92,6 +100,18 @@ experiments: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
 	    -p train_missing True; \
 	done
 
+# The cpu proxy's pre-trained trunk (configs/pretrain.yaml): a large synthetic set of identities
+# drawn with another seed than the evaluation set's, identity classification with a global-only
+# model, then the trunk (layers 0-4) as a ResNet state dict that configs/cpu.yaml loads. The run's
+# record is copied beside the weights (results/pretrained/<name>/).
+PRETRAIN_DATA ?= data/pretrain
+PRETRAIN_ARGS ?= --ids 3000 --seed 1000 --train-fraction 0.9
+PRETRAINED    ?= results/pretrained/slim-r18-os8.pt
+pretrain: $(STAMP)
+	test -f $(PRETRAIN_DATA)/meta.json || $(BIN)/python -m canlib make-synthetic --out $(PRETRAIN_DATA) $(PRETRAIN_ARGS) --workers 2
+	$(BIN)/python -m canlib train --config configs/pretrain.yaml --data-root $(PRETRAIN_DATA) --output runs/pretrain --resume
+	$(BIN)/python -m canlib export-trunk --run runs/pretrain --out $(PRETRAINED)
+
 # The trained models the results chapter draws (its Figure 4 analogue and ranked lists), from
 # the grid's working folders (runs/ablations, with checkpoints) into results/weights/<hash>.pt.
 weights: $(STAMP)
@@ -100,6 +120,12 @@ weights: $(STAMP)
 
 benchmarks: $(STAMP) data
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+# The GPU path checked by one command: CAN vs a stride-1 ResNet50 (bf16, channels_last, compile
+# off/on), the trainer with the device cache, a Market-sized evaluation, the projected 600-epoch
+# time and a 2-GPU torchrun smoke run; one JSON in results/gpu/. Without CUDA: a tiny dry run.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_evaluate import make_market_like  # noqa: E402  (the benchmarks folder is not a package)
-
-from canlib.metrics import evaluate_features  # noqa: E402
-from canlib.metrics.distance import GalleryDistances  # noqa: E402
+from canlib.metrics import evaluate_features
+from canlib.metrics.distance import GalleryDistances
+from canlib.metrics.reference import make_market_like
 
 MSMT17 = dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15)
 QUICK = dict(num_query=2000, num_gallery=15000, num_ids=500, num_cams=15)

@@ -29,9 +29,9 @@ class StrideOneResNet(nn.Module):
     """The baseline: the same trunk with last stride 1, global average pooling, one cosine
     classifier (a BoT-style global-feature model)."""
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50") -> None:
+    def __init__(self, num_classes: int, backbone: str = "resnet50", **backbone_kwargs) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained=None, last_stride=1)
+        self.backbone = build_backbone(backbone, pretrained=None, last_stride=1, **backbone_kwargs)
         self.embed_dim = self.backbone.out_channels
         self.embed = nn.BatchNorm1d(self.embed_dim)
         self.weight = nn.Parameter(torch.randn(num_classes, self.backbone.out_channels) * 0.01)

@@ -18,6 +18,8 @@ _COMMAND_MODULES = (
     "canlib.engine.cli",  # train, evaluate
     "canlib.engine.ablation",  # ablate
     "canlib.engine.weights",  # export
+    "canlib.engine.pretrain",  # export-trunk
+    "canlib.engine.decide",  # decide
 )
 
 
@@ -29,14 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a module not written yet
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
-        module.register_cli(subparsers)
+    for name in _COMMAND_MODULES:  # an import error is a bug to see, never a silently missing command
+        importlib.import_module(name).register_cli(subparsers)
     return parser
 
 

@@ -202,10 +202,11 @@ def _timm_imagenet(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _set_last_stride(layer4: nn.Module, last_stride: int) -> None:
-    """Set every stride-2 op of layer 4's first block to ``last_stride`` (Section 3.2.1).
+    """Set every stride-2 op of a layer's first block to ``last_stride`` (Section 3.2.1: layer 4).
 
     Covers the 3x3 (or first 1x1) convolution, the 1x1 down-sampling convolution,
-    and the ``AvgPool2d`` of timm's "d" variants (replaced by identity).
+    and the ``AvgPool2d`` of timm's "d" variants (replaced by identity). No dilation is
+    added: the layer simply keeps its input's resolution, as the paper's layer 4 does.
     """
     if last_stride == 2:
         return
@@ -235,13 +236,14 @@ def _probe(stem: nn.Module, layer4: nn.Module, in_chans: int, size: int = 64) ->
     return h3.shape[-2], h4.shape[-2], h4.shape[1]
 
 
-def _split(net: nn.Module, name: str, last_stride: int) -> Backbone:
-    """Cut a torchvision/timm ResNet into :class:`Backbone` and fix layer 4's stride."""
+def _split(net: nn.Module, name: str, last_stride: int, layer3_stride: int = 2) -> Backbone:
+    """Cut a torchvision/timm ResNet into :class:`Backbone` and fix layer 4's (and layer 3's) stride."""
     relu = net.relu if hasattr(net, "relu") else net.act1  # torchvision / timm naming
     parts = [net.conv1, net.bn1, relu, net.maxpool, net.layer1, net.layer2, net.layer3]
     stem = nn.Sequential(OrderedDict(zip(_STEM_NAMES, parts)))
     layer4 = net.layer4
     _set_last_stride(layer4, last_stride)
+    _set_last_stride(net.layer3, layer3_stride)
     first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     size = 64
     h3, h4, out_channels = _probe(stem, layer4, first_conv.in_channels, size)
@@ -251,11 +253,19 @@ def _split(net: nn.Module, name: str, last_stride: int) -> Backbone:
             f"could not set last_stride={last_stride} on {name!r}: layer 4 maps {h3} rows to {h4}, "
             f"expected {expected} (an unsupported down-sampling layer, e.g. anti-aliasing?)"
         )
+    wanted = 32 // (2 if last_stride == 1 else 1) // (2 if layer3_stride == 1 else 1)
+    if size // h4 != wanted:
+        raise NotImplementedError(f"could not set layer3_stride={layer3_stride} on {name!r}: output stride "
+                                  f"{size // h4}, expected {wanted}")
     return Backbone(stem, layer4, out_channels=out_channels, output_stride=size // h4, name=name)
 
 
 def build_backbone(
-    name: str = "resnet50", pretrained: str | os.PathLike | None = None, last_stride: int = 1, **kwargs: Any
+    name: str = "resnet50",
+    pretrained: str | os.PathLike | None = None,
+    last_stride: int = 1,
+    layer3_stride: int = 2,
+    **kwargs: Any,
 ) -> Backbone:
     """Build a ResNet backbone with a configurable layer-4 stride (Section 3.2.1).
 
@@ -268,6 +278,9 @@ def build_backbone(
             default tag), taken from the local cache or downloaded once; or the path
             of a local torchvision-format state dict (``fc.*`` ignored).
         last_stride: 1 (the paper) or 2 (the original ResNet).
+        layer3_stride: 2 (the paper and the original ResNet) or 1, which halves the output
+            stride again (8 with ``last_stride=1``): a small input then gives the layer-4 map
+            of the paper's 384x128 input (192x64 -> 24x8). Used by the CPU proxy only.
         **kwargs: passed to the model constructor, e.g. ``channels=(32, 64, 128, 256)``
             for a slim ``timm:resnet*``.
 
@@ -280,8 +293,8 @@ def build_backbone(
         FileNotFoundError: ``pretrained`` names a missing file.
         RuntimeError: ``"imagenet"`` weights neither cached nor downloadable.
     """
-    if last_stride not in (1, 2):
-        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if last_stride not in (1, 2) or layer3_stride not in (1, 2):
+        raise ValueError(f"last_stride and layer3_stride must be 1 or 2, got {last_stride!r}, {layer3_stride!r}")
     is_path = pretrained is not None and pretrained != "imagenet"
     if name.startswith(_TIMM_PREFIX):
         import timm
@@ -304,7 +317,7 @@ def build_backbone(
         )
     if is_path:
         load_resnet_state_dict(net, pretrained)
-    backbone = _split(net, name, last_stride)
+    backbone = _split(net, name, last_stride, layer3_stride)
     _logger.debug("built backbone %s: %d channels, output stride %d", name, backbone.out_channels,
                   backbone.output_stride)
     return backbone

@@ -17,11 +17,29 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from canlib.model import CAN, TABLE_PATTERNS
+from canlib.model import CAN
+from canlib.paper import PART_PATTERNS
 
-__all__ = ["complexity_table", "model_complexity"]
+__all__ = ["complexity_table", "count_parameters", "forward_flops", "model_complexity"]
 
 _logger = logging.getLogger(__name__)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter values of ``module`` (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def forward_flops(module: nn.Module, *inputs: Any) -> tuple[int, Any]:
+    """FLOPs of one no-grad call ``module(*inputs)`` (multiply-add = 2 FLOPs) and its output.
+
+    Counts what :class:`~torch.utils.flop_counter.FlopCounterMode` counts: matrix products
+    and convolutions. The module's train/eval mode is left as it is.
+    """
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        out = module(*inputs)
+    return int(counter.get_total_flops()), out
 
 
 def model_complexity(
@@ -43,15 +61,13 @@ def model_complexity(
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model(x)
+        flops, _ = forward_flops(model, x)
     finally:
         model.train(was_training)
     result: dict[str, Any] = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "flops": int(counter.get_total_flops()),
+        "params": count_parameters(model),
+        "params_trainable": count_parameters(model, trainable_only=True),
+        "flops": flops,
         "input_size": tuple(input_size),
         "batch_size": batch_size,
     }
@@ -61,7 +77,7 @@ def model_complexity(
 
 
 def complexity_table(
-    patterns: Mapping[str, Sequence[int]] | Iterable[Sequence[int]] = TABLE_PATTERNS,
+    patterns: Mapping[str, Sequence[int]] | Iterable[Sequence[int]] = PART_PATTERNS,
     collaborative_options: Sequence[bool] = (False, True),
     backbone: str = "resnet50",
     input_size: tuple[int, int] = (384, 128),

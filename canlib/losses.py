@@ -13,7 +13,7 @@ features it sees (``feature_reduction="mean"``).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch import nn
 
 FEATURE_REDUCTIONS = ("mean", "sum")
 CLUSTERING_FEATURES = ("all", "global")
+#: Which tensor the clustering losses (triplet, center) see: the embedded features after the
+#: embedding's BN (what the classifier sees) or before it (the BNNeck of Luo et al. 2019).
+CLUSTERING_INPUTS = ("post_bn", "pre_bn")
 SQRT_EPS = 1e-12
 """Floor under a squared distance before its square root: finite gradient at zero distance."""
 
@@ -172,10 +175,13 @@ class BatchHardTripletLoss(nn.Module):
         self.squared = bool(squared)
         self.feature_reduction = feature_reduction
 
-    def forward(self, features: torch.Tensor, pids: torch.Tensor, return_indices: bool = False) -> Any:
-        """Scalar loss, or the full :class:`HardestPairs` with ``return_indices=True``."""
-        out = batch_hard_mining(features, pids, self.margin, self.squared, self.feature_reduction)
-        return out if return_indices else out.loss
+    def mine(self, features: torch.Tensor, pids: torch.Tensor) -> HardestPairs:
+        """The loss with the chosen pairs (:func:`batch_hard_mining`)."""
+        return batch_hard_mining(features, pids, self.margin, self.squared, self.feature_reduction)
+
+    def forward(self, features: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        """The scalar loss (see :meth:`mine` for the pairs it chose)."""
+        return self.mine(features, pids).loss
 
 
 # --------------------------------------------------------------------------- center loss
@@ -266,8 +272,11 @@ class CANLoss(nn.Module):
     Table 4's last row, the paper's final model; the default). A weight of 0 disables a
     term (a disabled center loss creates no centres). Each term is averaged over the
     features it sees (``feature_reduction="mean"``) unless ``"sum"`` is asked for.
+    ``clustering_input`` chooses the tensor they see (:data:`CLUSTERING_INPUTS`): ``"post_bn"``
+    (the features the classifier sees) or ``"pre_bn"`` (BNNeck: the features before the
+    embedding's BN, passed as ``pre_bn``).
 
-    ``forward(features (B, F, D), logits (B, F, C), pids (B,))`` returns ``(total, terms)``
+    ``forward(features (B, F, D), logits (B, F, C), pids (B,), pre_bn=None)`` returns ``(total, terms)``
     with ``terms`` = {"ce", "triplet", "center", "total"}: the UNWEIGHTED term values and
     the weighted total, as detached floats (0.0 for a disabled term).
     """
@@ -289,10 +298,14 @@ class CANLoss(nn.Module):
         center_squared: bool = True,
         clustering_features: str = "all",
         feature_reduction: str = "mean",
+        clustering_input: str = "post_bn",
     ) -> None:
         super().__init__()
         if clustering_features not in CLUSTERING_FEATURES:
             raise ValueError(f"clustering_features must be one of {CLUSTERING_FEATURES}")
+        if clustering_input not in CLUSTERING_INPUTS:
+            raise ValueError(f"clustering_input must be one of {CLUSTERING_INPUTS}")
+        self.clustering_input = clustering_input
         if feature_reduction not in FEATURE_REDUCTIONS:
             raise ValueError(f"feature_reduction must be one of {FEATURE_REDUCTIONS}")
         self.num_features = int(num_features)
@@ -315,12 +328,17 @@ class CANLoss(nn.Module):
         )
 
     def forward(
-        self, features: torch.Tensor, logits: torch.Tensor, pids: torch.Tensor
+        self, features: torch.Tensor, logits: torch.Tensor, pids: torch.Tensor, pre_bn: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total (a graph-attached scalar) and the detached term values."""
         total = features.new_zeros(())
         terms = {"ce": 0.0, "triplet": 0.0, "center": 0.0}
-        clustered = features.index_select(1, self.clustering_index)
+        source = features
+        if self.clustering_input == "pre_bn":
+            if pre_bn is None:
+                raise ValueError("clustering_input='pre_bn' needs the features before the BN (pre_bn=...)")
+            source = pre_bn
+        clustered = source.index_select(1, self.clustering_index)
         if self.ce_weight > 0:
             ce = self.cross_entropy(logits, pids)
             total = total + self.ce_weight * ce
@@ -344,16 +362,3 @@ class CANLoss(nn.Module):
         """:func:`rescale_center_grads` with this loss's ``center_weight`` (no-op without centres)."""
         if self.center is not None:
             rescale_center_grads(self, self.center_weight, grad_scale)
-
-
-TABLE4_ROWS: dict[str, dict[str, Any]] = {
-    "CE": dict(ce_weight=1.0, triplet_weight=0.0, center_weight=0.0, clustering_features="global"),
-    "CE + triplet": dict(ce_weight=1.0, triplet_weight=1.0, center_weight=0.0, clustering_features="global"),
-    "CE + triplet + center": dict(
-        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="global"
-    ),
-    "CE + triplet + center (global & local)": dict(
-        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="all"
-    ),
-}
-"""Table 4's rows as :class:`CANLoss` keyword arguments (the last row is the default)."""

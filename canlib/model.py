@@ -7,6 +7,7 @@ Pipeline for the default ``parts=(1, 3, 5, 7)`` and a 384x128 image::
     part1: ConcatPool(1)                  -> G                        1 feature
     partn: ConcatPool(1) and ConcatPool(n) -> G, n blocks -> CA -> n-1  1 + (n-1) features
     one shared 1x1 conv (4096 -> 256) [+ BN] on all 16 features    -> (B, 16, 256)
+      (the clustering losses may see the features before that BN: ``CANOutput.pre_bn``)
     one cosine classifier per feature (training)                   -> (B, 16, num_classes)
     eval: the 16 embedded features concatenated                     -> (B, 4096)
 
@@ -36,36 +37,36 @@ __all__ = [
     "CANOutput",
     "CosineClassifier",
     "DESCRIPTOR_NORMS",
-    "TABLE_PATTERNS",
+    "EMBED_BN_MODES",
+    "EmbeddingNeck",
     "build_embedding",
     "count_features",
 ]
 
 _logger = logging.getLogger(__name__)
 
-#: The part patterns of the ablation in Tables 2 and 3 (Section 4.2).
-TABLE_PATTERNS: dict[str, tuple[int, ...]] = {
-    "Part-1,2,3": (1, 2, 3),
-    "Part-1,2,3,4": (1, 2, 3, 4),
-    "Part-1,3,5": (1, 3, 5),
-    "Part-1,3,5,7": (1, 3, 5, 7),
-    "Part-1,3,5,7,9": (1, 3, 5, 7, 9),
-}
-
 #: How :meth:`CAN.descriptor` builds the test descriptor.
 DESCRIPTOR_NORMS = ("none", "per_feature")
+
+#: Batch norm after the shared embedding: one BN shared by all features (statistics over the
+#: batch and every feature), one BN per feature, or none (the paper's literal 1x1 convolution).
+EMBED_BN_MODES = ("shared", "per_feature", "none")
 
 
 class CANOutput(NamedTuple):
     """What :class:`CAN` returns in training mode.
 
     Attributes:
-        features: ``(B, F, embed_dim)`` embedded features (for triplet and center loss).
+        features: ``(B, F, embed_dim)`` embedded features, after the embedding's BN (what the
+            classifiers and the test descriptor see).
         logits: ``(B, F, num_classes)`` cosines in ``[-1, 1]``, unscaled (for the ID loss).
+        pre_bn: ``(B, F, embed_dim)`` the same features before the BN (equal to ``features``
+            without BN); the BNNeck of Luo et al. (2019) feeds these to the triplet loss.
     """
 
     features: Tensor
     logits: Tensor
+    pre_bn: Tensor | None = None
 
 
 class CosineClassifier(nn.Module):
@@ -93,22 +94,59 @@ class CosineClassifier(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
-def build_embedding(in_channels: int, embed_dim: int = 256, batch_norm: bool = True) -> nn.Sequential:
-    """The shared 1x1 convolution of Section 3.2.3 (equations (3)-(4)).
+def embed_bn_mode(batch_norm: bool | str) -> str:
+    """Normalise the ``embed_bn`` argument: ``True`` -> ``"shared"``, ``False`` -> ``"none"``."""
+    if batch_norm is True:
+        return "shared"
+    if batch_norm is False:
+        return "none"
+    if batch_norm not in EMBED_BN_MODES:
+        raise ValueError(f"unknown embed_bn {batch_norm!r}; choose one of {EMBED_BN_MODES} (or true/false)")
+    return str(batch_norm)
 
-    The paper only says "1x1 convolution"; following MGN-style heads we add a
-    ``BatchNorm2d`` by default (``batch_norm=True``; then the convolution has no
-    bias) and no activation. Its statistics are taken over the batch and all
-    features at once, since the module is shared by every feature.
+
+class EmbeddingNeck(nn.Module):
+    """The shared 1x1 convolution of Section 3.2.3 (equations (3)-(4)) and the BN after it.
+
+    The paper only says "1x1 convolution". ``batch_norm`` chooses what follows it:
+    ``"shared"`` (default: one ``BatchNorm2d`` whose statistics are taken over the batch and
+    all features at once, as the convolution is shared), ``"per_feature"`` (one BN per feature,
+    as MGN gives each feature its own conv + BN), or ``"none"`` (the literal reading; the
+    convolution then has a bias). No activation. :meth:`forward` returns the features before
+    and after the BN, so a loss can choose either (the BNNeck of Luo et al. 2019).
     """
-    conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=not batch_norm)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in")
-    layers: list[tuple[str, nn.Module]] = [("conv", conv)]
-    if batch_norm:
-        layers.append(("bn", nn.BatchNorm2d(embed_dim)))
-    else:
-        nn.init.zeros_(conv.bias)
-    return nn.Sequential(OrderedDict(layers))
+
+    def __init__(self, in_channels: int, embed_dim: int = 256, num_features: int = 1,
+                 batch_norm: bool | str = "shared") -> None:
+        super().__init__()
+        self.mode = embed_bn_mode(batch_norm)
+        self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=self.mode == "none")
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_in")
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
+        self.bn: nn.Module | None = None
+        if self.mode == "shared":
+            self.bn = nn.BatchNorm2d(embed_dim)
+        elif self.mode == "per_feature":
+            self.bn = nn.BatchNorm1d(embed_dim * num_features)
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """Pooled ``(B, C_in, F, 1)`` -> ``(pre_bn, post_bn)``, each ``(B, F, embed_dim)``."""
+        z = self.conv(pooled)  # (B, D, F, 1)
+        if self.mode == "shared":
+            post = self.bn(z)
+        elif self.mode == "per_feature":
+            b, d, f, _ = z.shape
+            post = self.bn(z.reshape(b, d * f)).reshape(b, d, f, 1)  # channel d*f + i: feature i's BN
+        else:
+            post = z
+        return z.flatten(2).transpose(1, 2), post.flatten(2).transpose(1, 2)
+
+
+def build_embedding(in_channels: int, embed_dim: int = 256, batch_norm: bool | str = True,
+                    num_features: int = 1) -> EmbeddingNeck:
+    """:class:`EmbeddingNeck` (kept for callers of the earlier name)."""
+    return EmbeddingNeck(in_channels, embed_dim, num_features, batch_norm)
 
 
 def count_features(parts: Sequence[int], collaborative: bool = True) -> int:
@@ -163,15 +201,18 @@ class CAN(nn.Module):
     Args:
         num_classes: training identities (751 for Market-1501).
         parts: one branch per entry, each with its own layer-4 copy; 1 is the
-            global branch. ``(1, 3, 5, 7)`` is the paper's model; see ``TABLE_PATTERNS``.
+            global branch. ``(1, 3, 5, 7)`` is the paper's model; see :data:`canlib.paper.PART_PATTERNS`.
         collaborative: apply collaborative attention (Table 3) or not (Table 2).
         backbone: name for :func:`canlib.backbone.build_backbone`.
         pretrained: ``None``, ``"imagenet"`` or a local state-dict path.
         embed_dim: output size of the shared 1x1 embedding (256 in the paper).
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"`` (PyTorch's windows).
-        embed_bn: BatchNorm after the embedding convolution. The paper says only
-            "1x1 convolution"; BN is our documented default (as in MGN).
+        embed_bn: what follows the embedding convolution (:data:`EMBED_BN_MODES`; ``True``
+            means ``"shared"``, ``False`` ``"none"``). The paper says only "1x1 convolution";
+            one shared BN is our documented default.
         last_stride: stride of layer 4's first block (1 in the paper).
+        layer3_stride: stride of layer 3's first block (2 in the paper; 1 gives a small
+            input the paper's map height, see :func:`canlib.backbone.build_backbone`).
         backbone_kwargs: extra arguments for the backbone constructor.
         descriptor_norm: test descriptor. ``"none"`` (default) is the raw
             concatenation of the embedded features, so that the evaluator's cosine
@@ -189,8 +230,9 @@ class CAN(nn.Module):
         pretrained: str | os.PathLike | None = None,
         embed_dim: int = 256,
         pooling: str = "paper",
-        embed_bn: bool = True,
+        embed_bn: bool | str = True,
         last_stride: int = 1,
+        layer3_stride: int = 2,
         backbone_kwargs: dict[str, Any] | None = None,
         descriptor_norm: str = "none",
     ) -> None:
@@ -211,7 +253,8 @@ class CAN(nn.Module):
         self.pooling = pooling
         self.descriptor_norm = descriptor_norm
 
-        base = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, **(backbone_kwargs or {}))
+        base = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, layer3_stride=layer3_stride,
+                              **(backbone_kwargs or {}))
         self.stem = base.stem
         self.output_stride = base.output_stride
         self.in_channels = 2 * base.out_channels
@@ -219,8 +262,8 @@ class CAN(nn.Module):
         self.branches = nn.ModuleDict(
             {f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling) for n in parts}
         )
-        self.embedding = build_embedding(self.in_channels, embed_dim, embed_bn)
         self.feature_names = [f"{name}.{s}" for name, b in self.branches.items() for s in b.feature_suffixes]
+        self.embedding = EmbeddingNeck(self.in_channels, embed_dim, len(self.feature_names), embed_bn)
         self.global_indices = [i for i, n in enumerate(self.feature_names) if n.endswith(".global")]
         self.local_indices = [i for i, n in enumerate(self.feature_names) if not n.endswith(".global")]
         self.classifiers = nn.ModuleList(CosineClassifier(embed_dim, num_classes) for _ in self.feature_names)
@@ -261,13 +304,17 @@ class CAN(nn.Module):
         self._check_map_height(x.shape[-2], next(iter(maps.values())).shape[-2])
         return maps
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Images ``(B, 3, H, W)`` -> embedded features ``(B, F, embed_dim)`` (equation (3))."""
+    def forward_embedding(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Images ``(B, 3, H, W)`` -> embedded features before and after the BN, each ``(B, F, E)``."""
         maps = self.feature_maps(x)
         # (B, 2C, F, 1): every pooled feature of every branch, so that the shared
         # 1x1 convolution embeds all F of them in one call.
         pooled = torch.cat([branch.pool(maps[name]) for name, branch in self.branches.items()], dim=2)
-        return self.embedding(pooled).flatten(2).transpose(1, 2)
+        return self.embedding(pooled)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``(B, 3, H, W)`` -> embedded features ``(B, F, embed_dim)`` (equation (3))."""
+        return self.forward_embedding(x)[1]
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Embedded features ``(B, F, E)`` -> cosine logits ``(B, F, num_classes)``."""
@@ -281,7 +328,7 @@ class CAN(nn.Module):
 
     def forward(self, x: Tensor) -> CANOutput | Tensor:
         """Training: :class:`CANOutput`; evaluation: the descriptor ``(B, F * embed_dim)``."""
-        features = self.forward_features(x)
+        pre_bn, features = self.forward_embedding(x)
         if self.training:
-            return CANOutput(features=features, logits=self.forward_head(features))
+            return CANOutput(features=features, logits=self.forward_head(features), pre_bn=pre_bn)
         return self.descriptor(features)

@@ -1,4 +1,9 @@
-"""The paper's reported numbers (Li et al., 2021), as data, to print beside ours.
+"""What the paper says, as data: its variants, its loss rows and its reported numbers.
+
+This module is the one home of the paper's knowledge (Li et al., 2021): the part patterns
+of Tables 2-3, the loss combinations of Table 4, which loss trained Tables 2-3, and the
+numbers of Tables 2-6. The training code never imports it, so relabelling a row here does
+not change the training-code fingerprint (:mod:`canlib.engine.record`).
 
 All values are percentages on Market-1501 unless a data set is named, copied from the
 paper's Tables 2-6. Missing entries are ``None``. Known inconsistencies in the paper are
@@ -6,6 +11,36 @@ noted where they occur (see also the book's results chapter).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: The part patterns of the ablation in Tables 2 and 3 (Section 4.2): one branch per entry,
+#: 1 being the global branch. ``(1, 3, 5, 7)`` is the paper's final model.
+PART_PATTERNS: dict[str, tuple[int, ...]] = {
+    "Part-1,2,3": (1, 2, 3),
+    "Part-1,2,3,4": (1, 2, 3, 4),
+    "Part-1,3,5": (1, 3, 5),
+    "Part-1,3,5,7": (1, 3, 5, 7),
+    "Part-1,3,5,7,9": (1, 3, 5, 7, 9),
+}
+
+#: The paper's final part pattern (Section 3.2.2), the model of Table 4.
+FINAL_PATTERN = "Part-1,3,5,7"
+
+#: Table 4's rows as keyword arguments of :class:`canlib.losses.CANLoss` (equation (5)):
+#: which terms are on, and which features the clustering losses (triplet, center) see.
+#: The last row is the paper's final recipe.
+LOSS_ROWS: dict[str, dict[str, Any]] = {
+    "CE": dict(ce_weight=1.0, triplet_weight=0.0, center_weight=0.0, clustering_features="global"),
+    "CE + triplet": dict(ce_weight=1.0, triplet_weight=1.0, center_weight=0.0, clustering_features="global"),
+    "CE + triplet + center": dict(
+        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="global"
+    ),
+    "CE + triplet + center (global & local)": dict(
+        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="all"
+    ),
+}
 
 #: Table 2: part patterns without collaborative attention. mAP / rank-1 / rank-3 / rank-5.
 TABLE2: dict[str, dict[str, float]] = {
@@ -25,8 +60,11 @@ TABLE3: dict[str, dict[str, float]] = {
     "Part-1,3,5,7,9": {"mAP": 87.2, "rank1": 94.8, "rank3": 97.4, "rank5": 98.2, "rank10": 98.9},
 }
 
+#: Table 3's last row: Part-1,3,5,7 without CA, with Table 3's extra rank-10 column.
+TABLE3_WITHOUT_CA: dict[str, float] = {"mAP": 85.4, "rank1": 94.3, "rank3": 97.2, "rank5": 98.0, "rank10": 98.8}
+
 #: Table 4: loss combinations for CAN (Part-1,3,5,7 with CA). mAP / rank-1 / rank-3 / rank-5.
-#: The keys match :data:`canlib.losses.TABLE4_ROWS`.
+#: The keys match :data:`LOSS_ROWS`.
 TABLE4: dict[str, dict[str, float]] = {
     "CE": {"mAP": 87.0, "rank1": 95.0, "rank3": 97.8, "rank5": 98.7},
     "CE + triplet": {"mAP": 87.9, "rank1": 95.2, "rank3": 97.5, "rank5": 98.3},
@@ -36,6 +74,35 @@ TABLE4: dict[str, dict[str, float]] = {
 
 #: The ablation tables by name, as :mod:`canlib.engine.ablation` labels its rows.
 ABLATION_TABLES: dict[str, dict[str, dict[str, float]]] = {"Table 2": TABLE2, "Table 3": TABLE3, "Table 4": TABLE4}
+
+
+def shared_metrics(a: dict[str, float], b: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """The metrics two reported rows both give, as ``{metric: (a, b)}``."""
+    return {k: (a[k], b[k]) for k in a if k in b}
+
+
+def ablation_loss_row() -> str:
+    """The Table 4 row whose loss trained the part-pattern ablations of Tables 2 and 3.
+
+    Derived from the numbers, not asserted: the Table 4 row that reports, metric for metric,
+    the same numbers as Table 3's final pattern (with CA) is the loss Table 3 used; Table 3's
+    "without CA" row equals Table 2's row of that pattern, so Table 2 was trained with the
+    same loss. For the paper as printed this is "CE + triplet" (87.9 / 95.2 / 97.5 / 98.3):
+    cross-entropy plus the batch-hard triplet on the global features, no center loss.
+    """
+    t3 = TABLE3[FINAL_PATTERN]
+    matches = [label for label, row in TABLE4.items() if all(x == y for x, y in shared_metrics(t3, row).values())]
+    if len(matches) != 1:
+        raise ValueError(f"expected exactly one Table 4 row equal to Table 3's {FINAL_PATTERN}, found {matches}")
+    if any(x != y for x, y in shared_metrics(TABLE3_WITHOUT_CA, TABLE2[FINAL_PATTERN]).values()):
+        raise ValueError("Table 3's row without CA no longer equals Table 2's row of the same pattern")
+    return matches[0]
+
+
+#: The loss of the ablations of Tables 2 and 3, as :class:`canlib.losses.CANLoss` arguments.
+def ablation_loss() -> dict[str, Any]:
+    """Keyword arguments of the loss that trained Tables 2-3 (see :func:`ablation_loss_row`)."""
+    return dict(LOSS_ROWS[ablation_loss_row()])
 
 #: Table 5: CAN on Market-1501 in the comparison table (one point above Table 4's best row,
 #: unexplained in the paper).
@@ -86,3 +153,56 @@ TABLE6: dict[str, tuple[float | None, float | None, float | None, float | None]]
     "Pyramid": (79.0, 89.0, 76.9, 78.9),
     "CAN (ours)": (82.3, 91.6, 82.8, 86.1),
 }
+
+
+# --------------------------------------------------------------------------- the text's claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A comparative claim of Sections 4.2-4.3 about the mAP of table rows.
+
+    ``kind``: ``"greater"`` (the first row beats the second), ``"decreasing"`` (each row beats
+    the next), ``"pairwise"`` (row ``i`` of the first half beats row ``i`` of the second half)
+    or ``"best"`` (the first row is at least as good as every other row).
+    """
+
+    text: str
+    kind: str
+    rows: tuple[tuple[str, str], ...]
+
+    def comparisons(self) -> list[tuple[int, int]]:
+        """The ``(better, worse)`` index pairs the claim asserts."""
+        n = len(self.rows)
+        if self.kind == "greater":
+            return [(0, 1)]
+        if self.kind == "decreasing":
+            return [(i, i + 1) for i in range(n - 1)]
+        if self.kind == "pairwise":
+            return [(i, i + n // 2) for i in range(n // 2)]
+        if self.kind == "best":
+            return [(0, i) for i in range(1, n)]
+        raise ValueError(f"unknown claim kind {self.kind!r}")
+
+
+def paper_claims() -> list[Claim]:
+    """The claims the paper's text draws from Tables 2-4, in the order it makes them."""
+    patterns = list(PART_PATTERNS)
+    t4 = list(LOSS_ROWS)
+    best = FINAL_PATTERN
+    return [
+        Claim("finer stripes without CA hurt: Part-1,2,3 > Part-1,3,5,7,9 (Table 2)", "greater",
+              (("Table 2", patterns[0]), ("Table 2", patterns[-1]))),
+        Claim("without CA, mAP falls at every step from Part-1,2,3 to Part-1,3,5,7,9", "decreasing",
+              tuple(("Table 2", p) for p in patterns)),
+        Claim("CA improves Part-1,3,5,7 (Table 3 vs Table 2)", "greater", (("Table 3", best), ("Table 2", best))),
+        Claim("CA improves every part pattern", "pairwise",
+              tuple(("Table 3", p) for p in patterns) + tuple(("Table 2", p) for p in patterns)),
+        Claim("with CA, Part-1,3,5,7 is the best pattern", "best",
+              (("Table 3", best),) + tuple(("Table 3", p) for p in patterns if p != best)),
+        Claim("adding the triplet loss helps: CE + triplet > CE", "greater", (("Table 4", t4[1]), ("Table 4", t4[0]))),
+        Claim("adding the center loss helps: CE + triplet + center > CE + triplet", "greater",
+              (("Table 4", t4[2]), ("Table 4", t4[1]))),
+        Claim("clustering losses on global & local features > global only", "greater",
+              (("Table 4", t4[3]), ("Table 4", t4[2]))),
+    ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from canlib.config import config_hash
 from canlib.engine import ablation
-from canlib.engine.ablation import Row, ablation_rows, resolve, run_grid, summarize
+from canlib.analysis import judge_claims, summarize
+from canlib.engine.ablation import Row, ablation_rows, resolve, run_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -18,19 +21,44 @@ def test_rows_cover_tables_2_to_4():
     assert [r.table for r in rows].count("Table 3") == 5
     assert [r.table for r in rows].count("Table 4") == 4
     assert all("model.collaborative=false" in r.overrides for r in rows if r.table == "Table 2")
-    # Table 4's last row is Table 3's Part-1,3,5,7 with CA: the same resolved configuration.
+    # Tables 2-3 were trained with Table 4's "CE + triplet" loss, so Table 3's Part-1,3,5,7 with CA
+    # is Table 4's second row: one resolved configuration, trained once.
     t3 = next(r for r in rows if r.table == "Table 3" and r.label == "Part-1,3,5,7")
-    t4 = next(r for r in rows if r.table == "Table 4" and "local" in r.label)
-    assert config_hash(resolve(SMOKE, t3, 0, "/d")) == config_hash(resolve(SMOKE, t4, 0, "/d"))
-    ce_only = resolve(SMOKE, next(r for r in rows if r.label == "CE"), 0, "/d")
+    t4 = {r.label: r for r in rows if r.table == "Table 4"}
+    assert config_hash(resolve(SMOKE, t3, 0, "/d")) == config_hash(resolve(SMOKE, t4["CE + triplet"], 0, "/d"))
+    assert config_hash(resolve(SMOKE, t3, 0, "/d")) != config_hash(
+        resolve(SMOKE, t4["CE + triplet + center (global & local)"], 0, "/d"))
+    ce_only = resolve(SMOKE, t4["CE"], 0, "/d")
     assert ce_only["loss"]["triplet_weight"] == 0 and ce_only["loss"]["center_weight"] == 0
+
+
+def test_tables_2_and_3_use_the_loss_of_table_4s_second_row():
+    from canlib import paper
+
+    assert paper.ablation_loss_row() == "CE + triplet"
+    assert paper.ablation_loss() == paper.LOSS_ROWS["CE + triplet"]
+    for row in ablation_rows(["Table 2", "Table 3"]):
+        loss = resolve(SMOKE, row, 0, "/d")["loss"]
+        assert {k: loss[k] for k in paper.LOSS_ROWS["CE + triplet"]} == paper.LOSS_ROWS["CE + triplet"], row
+        assert loss["center_weight"] == 0 and loss["clustering_features"] == "global"
+
+
+def test_the_ablation_loss_is_derived_from_the_numbers(monkeypatch):
+    from canlib import paper
+
+    # If Table 3's final row equalled another Table 4 row, the derivation would follow the numbers.
+    monkeypatch.setitem(paper.TABLE3, paper.FINAL_PATTERN, {**paper.TABLE4["CE"], "rank10": 99.0})
+    assert paper.ablation_loss_row() == "CE"
+    monkeypatch.setitem(paper.TABLE3, paper.FINAL_PATTERN, {"mAP": 1.0, "rank1": 2.0})
+    with pytest.raises(ValueError, match="exactly one Table 4 row"):
+        paper.ablation_loss_row()
 
 
 def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, monkeypatch):
     calls = []
     real = ablation._train_subprocess
     monkeypatch.setattr(ablation, "_train_subprocess", lambda cfg, *a: (calls.append(cfg), real(cfg, *a)))
-    rows = [r for r in ablation_rows(["Table 3", "Table 4"]) if r.label in ("Part-1,3,5,7", "CE + triplet + center (global & local)")]
+    rows = [r for r in ablation_rows(["Table 3", "Table 4"]) if r.label in ("Part-1,3,5,7", "CE + triplet")]
     kwargs = dict(profile=SMOKE, data_root=tiny_data, rows=rows, seeds=(0,),
                   results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
     records = run_grid(**kwargs)
@@ -56,10 +84,11 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
 
 def test_summarize_formats_one_and_several_seeds():
     base = {"table": "Table 4", "row": "CE", "rank1": 0.5, "mINP": 0.1}
-    one, mean, std = summarize([{**base, "seed": 0, "mAP": 0.25}])
+    one = summarize([{**base, "seed": 0, "mAP": 0.25}]).table
     assert one.loc[("Table 4", "CE"), "mAP"] == "25.0" and one.loc[("Table 4", "CE"), "seeds"] == 1
     assert one.loc[("Table 4", "CE"), "paper mAP"] == 87.0
-    three, mean, std = summarize([{**base, "seed": s, "mAP": m} for s, m in enumerate((0.2, 0.3, 0.4))])
+    three, mean, std, seeds = summarize([{**base, "seed": s, "mAP": m} for s, m in enumerate((0.2, 0.3, 0.4))])
+    assert seeds.loc[("Table 4", "CE")] == 3
     assert three.loc[("Table 4", "CE"), "mAP"] == "30.0 ± 10.0"
     assert abs(mean.loc[("Table 4", "CE"), "mAP"] - 30.0) < 1e-9 and abs(std.loc[("Table 4", "CE"), "mAP"] - 10.0) < 1e-9
 
@@ -80,7 +109,7 @@ def _records(values_by_row: dict[tuple[str, str], list[float]]) -> list[dict]:
 
 def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
     from canlib import paper
-    from canlib.engine.ablation import judge_claims, paper_claims
+    from canlib.paper import paper_claims
 
     claims = paper_claims()
     assert len(claims) == 8 and {c.kind for c in claims} == {"greater", "decreasing", "pairwise", "best"}
@@ -104,8 +133,6 @@ def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
 
 
 def test_judge_claims_without_records_or_with_one_seed():
-    from canlib.engine.ablation import judge_claims
-
     empty = judge_claims([])
     assert (empty["proxy holds?"] == "not run").all() and (empty["min seeds"] == 0).all()
     one = judge_claims(_records({("Table 2", "Part-1,2,3"): [0.5], ("Table 2", "Part-1,3,5,7,9"): [0.4]}))

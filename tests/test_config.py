@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from canlib.config import DEFAULTS, ConfigError, config_hash, load_config, parse_override
+from canlib.config import DEFAULTS, ConfigError, config_hash, config_value, load_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -62,3 +62,12 @@ def test_hash_ignores_data_root_but_not_the_recipe():
     c = load_config(None, ["optim.lr=1e-3"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert config_hash(DEFAULTS) == config_hash(load_config(None))
+
+
+def test_config_value_reads_dotted_keys_and_names_missing_ones():
+    assert config_value(DEFAULTS, "loss.ce_scale") == DEFAULTS["loss"]["ce_scale"]
+    assert config_value(load_config(overrides=["loss.ce_scale=64"]), "loss.ce_scale") == 64
+    with pytest.raises(KeyError, match="loss.no_such_key"):
+        config_value(DEFAULTS, "loss.no_such_key")
+    with pytest.raises(KeyError, match="missing 'x'"):
+        config_value(DEFAULTS, "loss.ce_scale.x")

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from canlib.losses import (
-    TABLE4_ROWS,
     BatchHardTripletLoss,
     CANLoss,
     CenterLoss,
@@ -19,6 +18,7 @@ from canlib.losses import (
     center_optimizer,
     rescale_center_grads,
 )
+from canlib.paper import LOSS_ROWS
 
 # Four 2-D points, two identities:
 #   pid 0: x0 = (0, 0), x1 = (0, 2)        pid 1: x2 = (1, 0), x3 = (3, 0)
@@ -63,7 +63,7 @@ def test_triplet_per_feature_and_reduction():
     per = [1.65, 6.15]
     assert batch_hard_triplet_loss(feats, PIDS).item() == pytest.approx(sum(per) / 2)
     assert batch_hard_triplet_loss(feats, PIDS, feature_reduction="sum").item() == pytest.approx(sum(per))
-    out = BatchHardTripletLoss()(feats, PIDS, return_indices=True)
+    out = BatchHardTripletLoss().mine(feats, PIDS)
     assert out.positive.shape == (2, 4) and out.negative.tolist()[1] == [2, 2, 0, 0]
 
 
@@ -172,7 +172,7 @@ def can_loss(**kwargs):
     ],
 )
 def test_table4_rows_select_their_terms(row, nonzero):
-    loss = can_loss(triplet_margin=100.0, **TABLE4_ROWS[row])  # a large margin keeps the triplet > 0
+    loss = can_loss(triplet_margin=100.0, **LOSS_ROWS[row])  # a large margin keeps the triplet > 0
     total, terms = loss(*batch())
     assert {k for k in ("ce", "triplet", "center") if terms[k] != 0.0} == nonzero
     assert (loss.center is not None) == ("center" in nonzero)
@@ -222,3 +222,23 @@ def test_invalid_configuration_raises():
         CANLoss(NUM_CLASSES, DIM, 2, [0, 1], [2, 3])  # indices outside the features
     with pytest.raises(ValueError):
         center_optimizer(can_loss(center_weight=0.0))
+
+
+def test_clustering_input_pre_bn_feeds_the_triplet_and_center_the_features_before_the_bn():
+    torch.manual_seed(0)
+    pids = torch.tensor([0, 0, 1, 1])
+    post, pre = torch.randn(4, 3, 8), torch.randn(4, 3, 8) * 10
+    logits = torch.randn(4, 3, 2).clamp(-1, 1)
+    kwargs = dict(num_classes=2, feat_dim=8, num_features=3, global_indices=[0], local_indices=[1, 2],
+                  center_weight=0.0)
+    on_pre = CANLoss(clustering_input="pre_bn", **kwargs)
+    on_post = CANLoss(**kwargs)
+    _, pre_terms = on_pre(post, logits, pids, pre_bn=pre)
+    _, post_terms = on_post(post, logits, pids, pre_bn=pre)
+    assert pre_terms["ce"] == post_terms["ce"]  # the classifier always sees the post-BN features
+    assert pre_terms["triplet"] == pytest.approx(float(batch_hard_triplet_loss(pre, pids)))
+    assert post_terms["triplet"] == pytest.approx(float(batch_hard_triplet_loss(post, pids)))
+    with pytest.raises(ValueError, match="pre_bn"):
+        on_pre(post, logits, pids)
+    with pytest.raises(ValueError, match="clustering_input"):
+        CANLoss(clustering_input="middle", **kwargs)

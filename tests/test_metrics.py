@@ -1,4 +1,4 @@
-"""canlib.metrics: the Market-1501 protocol against hand arithmetic and a plain loop reference."""
+"""canlib.metrics: the Market-1501 protocol against hand arithmetic and the plain reference evaluator."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from canlib.metrics import evaluate, evaluate_features, k_reciprocal_rerank, pairwise_distance
+from canlib.metrics.reference import make_market_like, reference_evaluate
 
 MAX_RANK = 10
 RTOL = 1e-12
@@ -16,29 +17,11 @@ RTOL = 1e-12
 
 
 def loop_reference(d, q_pids, g_pids, q_camids, g_camids, max_rank=MAX_RANK, ap="step"):
-    """The protocol written plainly: per query a stable argsort, removals, then the metrics."""
-    d, q_pids, g_pids, q_camids, g_camids = (np.asarray(a) for a in (d, q_pids, g_pids, q_camids, g_camids))
-    aps, inps, firsts = [], [], []
-    for i in range(d.shape[0]):
-        order = np.argsort(d[i], kind="stable")  # ties: lower gallery index first
-        removed = (g_pids[order] == -1) | ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
-        order = order[~removed]
-        ranks = np.flatnonzero(g_pids[order] == q_pids[i]) + 1  # 1-based ranks of the true matches
-        if ranks.size == 0:
-            continue  # no true match left: skipped
-        k = np.arange(1, ranks.size + 1)
-        if ap == "step":
-            aps.append(np.mean(k / ranks))
-        else:
-            before = np.array([1.0 if r == 1 else (j - 1) / (r - 1) for j, r in zip(k, ranks)])
-            aps.append(np.mean((before + k / ranks) / 2))
-        inps.append(ranks.size / ranks[-1])
-        firsts.append(ranks[0])
-    if not aps:
+    """canlib's plain stable-argsort reference, or None when no query is valid."""
+    try:
+        return reference_evaluate(d, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, ap=ap)
+    except ValueError:
         return None
-    firsts = np.array(firsts)
-    cmc = np.array([(firsts <= r).mean() for r in range(1, max_rank + 1)])
-    return {"mAP": np.mean(aps), "mINP": np.mean(inps), "cmc": cmc, "num_valid_queries": len(aps)}
 
 
 def assert_same(result, ref):
@@ -88,6 +71,32 @@ def test_hand_case_trapezoid_ap():
     assert r["mAP"] == pytest.approx((1 / 3 + 19 / 24) / 2, rel=RTOL)  # 9/16
     assert r["mAP"] <= evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ap="step")["mAP"]
     assert r["ap"] == "trapezoid"
+
+
+def test_reference_evaluator_on_the_hand_case():
+    """The reference itself must reproduce the hand arithmetic, or it checks nothing."""
+    step = reference_evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5, ap="step", block_rows=2)
+    assert step["mAP"] == pytest.approx(2 / 3, rel=RTOL) and step["mINP"] == pytest.approx(7 / 12, rel=RTOL)
+    np.testing.assert_array_equal(step["cmc"], [0.5, 1.0, 1.0, 1.0, 1.0])
+    assert step["num_valid_queries"] == 2 and np.isnan(step["ap_per_query"][1])
+    trap = reference_evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=5, ap="trapezoid")
+    assert trap["mAP"] == pytest.approx(9 / 16, rel=RTOL)
+    with pytest.raises(ValueError, match="no query"):
+        reference_evaluate(DIST[1:2], Q_PIDS[1:2], G_PIDS, Q_CAMS[1:2], G_CAMS)
+    with pytest.raises(ValueError, match="AP variant"):
+        reference_evaluate(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ap="area")
+
+
+def test_market_like_problem_shape_and_difficulty():
+    p = make_market_like(num_query=120, num_gallery=900, num_ids=60, num_cams=6, seed=3)
+    assert p["qf"].shape == (120, 128) and p["gf"].shape == (900, 128) and p["qf"].dtype == np.float32
+    assert (p["g_pids"] == -1).sum() == round(900 * 3819 / 19732) and (p["g_pids"] == 0).sum() > 0
+    assert set(p["q_pids"]) <= set(p["g_pids"][p["g_pids"] > 0])
+    again = make_market_like(num_query=120, num_gallery=900, num_ids=60, num_cams=6, seed=3)
+    assert all(np.array_equal(p[k], again[k]) for k in p)  # seeded
+    ids = (p["q_pids"], p["g_pids"], p["q_camids"], p["g_camids"])
+    result = evaluate(pairwise_distance(p["qf"], p["gf"]), *ids)
+    assert 0.2 < result["mAP"] < 0.95  # an imperfect "model": neither chance nor perfect
 
 
 def test_per_query_outputs():

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canlib.complexity import complexity_table, model_complexity
-from canlib.model import CAN, TABLE_PATTERNS, CANOutput, CosineClassifier, count_features
+from canlib.model import CAN, CANOutput, CosineClassifier, count_features
+from canlib.paper import PART_PATTERNS
 
 # A slim timm ResNet18 (layer-4 maps of 128 channels) keeps these tests fast on a CPU.
 SLIM = {"backbone": "timm:resnet18", "backbone_kwargs": {"channels": (16, 32, 64, 128)}, "embed_dim": 32}
@@ -68,9 +69,9 @@ def test_default_model_shapes_at_384x128(default_can: CAN) -> None:
 
 
 @pytest.mark.parametrize("collaborative", [False, True])
-@pytest.mark.parametrize("pattern", sorted(TABLE_PATTERNS))
+@pytest.mark.parametrize("pattern", sorted(PART_PATTERNS))
 def test_feature_counts(pattern: str, collaborative: bool) -> None:
-    parts = TABLE_PATTERNS[pattern]
+    parts = PART_PATTERNS[pattern]
     expected = EXPECTED_COUNTS[pattern][int(collaborative)]
     model = slim_can(parts=parts, collaborative=collaborative).eval()
     assert model.num_features == len(model.feature_names) == count_features(parts, collaborative) == expected
@@ -125,7 +126,7 @@ def test_features_are_the_shared_embedding_of_each_pooled_block() -> None:
             pooled = branch.part_pool(fmap)
             fused = torch.maximum(pooled[:, :, :-1], pooled[:, :, 1:])  # collaborative attention
             blocks += [branch.global_pool(fmap)] + [fused[:, :, k : k + 1] for k in range(n - 1)]
-        manual = torch.stack([model.embedding(b).flatten(1) for b in blocks], dim=1)
+        manual = torch.stack([model.embedding(b)[1].flatten(1) for b in blocks], dim=1)
     torch.testing.assert_close(features, manual, rtol=1e-4, atol=1e-5)
 
 
@@ -251,3 +252,33 @@ def test_complexity_table() -> None:
     # CA itself has no FLOPs counted, but the embedding then has fewer features to embed
     assert rows[0]["flops"] > rows[1]["flops"]
     assert rows[0]["params"] > rows[1]["params"]  # two more classifiers
+
+
+def test_bnneck_outputs_the_features_before_the_bn() -> None:
+    model = slim_can().train()
+    out = model(images(4))
+    assert out.pre_bn is not None and out.pre_bn.shape == out.features.shape
+    # In training mode the shared BN normalises each channel over the batch and the 16 features.
+    bn = model.embedding.bn
+    manual = (out.pre_bn - out.pre_bn.mean((0, 1))) / torch.sqrt(out.pre_bn.var((0, 1), unbiased=False) + bn.eps)
+    torch.testing.assert_close(out.features, manual * bn.weight + bn.bias, rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_bn_per_feature_has_its_own_statistics_per_feature() -> None:
+    model = slim_can(embed_bn="per_feature").train()
+    assert isinstance(model.embedding.bn, nn.BatchNorm1d)
+    assert model.embedding.bn.num_features == 32 * model.num_features
+    out = model(images(4))
+    # Each feature is normalised over the batch alone: per feature and channel, mean 0 and variance 1.
+    torch.testing.assert_close(out.features.mean(0), torch.zeros_like(out.features[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.features.var(0, unbiased=False), torch.ones_like(out.features[0]),
+                               atol=1e-2, rtol=0)
+    shared = slim_can(embed_bn="shared").train()(images(4)).features
+    assert not torch.allclose(shared.var(0, unbiased=False), torch.ones_like(shared[0]), atol=1e-2)
+
+
+def test_embedding_bn_none_returns_the_same_tensor_twice() -> None:
+    out = slim_can(embed_bn="none").train()(images(2))
+    assert torch.equal(out.pre_bn, out.features)
+    with pytest.raises(ValueError, match="embed_bn"):
+        slim_can(embed_bn="batch")

@@ -9,6 +9,7 @@ import torch
 
 from canlib.config import load_config
 from canlib.engine.build import build_dataset, build_loaders
+from canlib.engine.checkpoint import CheckpointError
 from canlib.engine.trainer import Trainer, train
 from canlib.engine.weights import export_weights, load_trained
 
@@ -83,3 +84,46 @@ def test_export_cli_reports_bad_input(tmp_path, caplog):
     assert "unknown row" in caplog.text
     assert main(["export", "--run", str(tmp_path)]) == 2
     assert "checkpoints/last.pt" in caplog.text
+
+
+class _Marker:
+    """Unpickling this object opens (creates) a file: what a crafted weights file could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_load_trained_refuses_a_crafted_file_without_running_code(finished_run, tmp_path, caplog):
+    from canlib.__main__ import main
+
+    payload = torch.load(export_weights(finished_run, tmp_path / "w.pt"), weights_only=True)
+    marker = tmp_path / "marker"
+    torch.save({**payload, "record": _Marker(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused.*GLOBAL"):
+        load_trained(tmp_path / "evil.pt")
+    args = ["evaluate", "--run", str(finished_run), "--checkpoint", str(tmp_path / "evil.pt"), "--device", "cpu"]
+    assert main(args) == 2 and "evil.pt: refused" in caplog.text
+    assert not marker.exists()
+
+
+def test_weights_that_do_not_fit_their_configuration_are_refused(finished_run, tmp_path):
+    payload = torch.load(export_weights(finished_run, tmp_path / "w.pt"), weights_only=True)
+    payload["config"]["model"]["parts"] = [1, 3]
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other\.pt: its weights do not fit .*parts \[1, 3\]"):
+        load_trained(tmp_path / "other.pt")
+
+
+def test_an_exported_file_evaluates_like_the_run(finished_run, tmp_path, capsys):
+    import json
+
+    from canlib.__main__ import main
+
+    path = export_weights(finished_run, tmp_path / "w.pt", dtype=None)
+    args = ["evaluate", "--run", str(finished_run), "--checkpoint", str(path), "--device", "cpu",
+            "--out", str(tmp_path / "e.json")]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["mAP"] == json.loads((finished_run / "metrics.json").read_text())["mAP"]

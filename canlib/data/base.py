@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar, Iterable, Mapping, Sequence
 
@@ -47,6 +48,27 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
         raise ImageReadError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
+
+
+def find_unreadable(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
+    """``{path: message}`` for the images among ``paths`` that do not decode, in their order.
+
+    Decoding runs in ``workers`` threads (default: one per core; PIL releases the GIL).
+    """
+    def check(path: str) -> str | None:
+        try:
+            read_image(path)
+        except ImageReadError as exc:
+            return str(exc)
+        return None
+
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(paths) < 64:
+        found = map(check, paths)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            found = list(pool.map(check, paths, chunksize=64))
+    return {path: msg for path, msg in zip(paths, found) if msg is not None}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -133,16 +155,30 @@ class ReIDDataset:
         logger.info("loaded %s from %s: %d train ids / %d images, %d query, %d gallery",
                     self.name, self.root, self.num_train_pids, len(self.train), len(self.query), len(self.gallery))
 
+    def verify_images(self, subsets: Sequence[str] = ("train", "query", "gallery"),
+                      part: tuple[int, int] = (0, 1)) -> int:
+        """Decode every image of ``subsets`` once; return how many, or raise :class:`ImageReadError`
+        (one line: how many do not decode and the first one's file and reason).
+
+        ``part=(i, n)`` checks only every n-th image from the i-th (one of n processes' share).
+        """
+        paths = [path for subset in subsets for path, _, _ in getattr(self, subset)][part[0]::part[1]]
+        bad = find_unreadable(paths)
+        if bad:
+            more = f" (and {len(bad) - 1} more of the {len(paths):,} images)" if len(bad) > 1 else ""
+            raise ImageReadError(f"{self.name}: {next(iter(bad.values()))}{more}")
+        return len(paths)
+
     def _verify(self, records: Sequence[Record], skip: bool) -> list[Record]:
         kept = []
         skipped = 0
+        bad = find_unreadable([rec[0] for rec in records])
         for rec in records:
-            try:
-                read_image(rec[0])
-            except ImageReadError as exc:
+            msg = bad.get(rec[0])
+            if msg is not None:
                 if not skip:
-                    raise
-                logger.warning("skipping corrupt image: %s", exc)
+                    raise ImageReadError(msg)
+                logger.warning("skipping corrupt image: %s", msg)
                 skipped += 1
                 continue
             kept.append(rec)

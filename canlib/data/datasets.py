@@ -21,15 +21,18 @@ from canlib.data.base import DISTRACTOR_PID, JUNK_PID, DatasetLayoutError, Recor
 
 logger = logging.getLogger(__name__)
 
-#: ``PPPP_cC...``: pid (``-1`` junk, ``0`` distractor) and 1-based camera, as in Market-1501.
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+#: The WHOLE file name: pid (``-1`` junk, ``0`` distractor), 1-based camera, then an optional
+#: sequence ``sS`` and ``_``-separated numbers (a letter may lead): Market-1501's
+#: ``0001_c1s1_001051_00.jpg``, DukeMTMC-reID's ``0001_c2_f0046182.jpg``, CUHK03-NP's
+#: ``0001_c1_1_001_1_01.png``. Copies such as ``0001_c1s1_001051_00 copy.jpg`` do not match.
+MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)(?:s\d+)?(?:_[A-Za-z]?\d+)*\.[A-Za-z]+")
 
 MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")
 
 
 def parse_market_name(name: str) -> tuple[int, int] | None:
     """``(pid, camid)`` (camid 0-based) from a Market-style file name, or ``None`` if it does not match."""
-    match = MARKET_NAME.match(name)
+    match = MARKET_NAME.fullmatch(name)
     if match is None:
         return None
     return int(match.group(1)), int(match.group(2)) - 1
@@ -48,9 +51,14 @@ class MarketLayoutDataset(ReIDDataset):
 
     def __init__(self, root: str | os.PathLike[str], **options: Any) -> None:
         self.dataset_dir = self.locate(root)
-        train = self._parse(self.dataset_dir / "bounding_box_train", train=True)
-        query = self._parse(self.dataset_dir / "query", train=False)
-        gallery = self._parse(self.dataset_dir / "bounding_box_test", train=False, keep_junk=True)
+        skipped: list[str] = []
+        train = self._parse(self.dataset_dir / "bounding_box_train", skipped, train=True)
+        query = self._parse(self.dataset_dir / "query", skipped, train=False)
+        gallery = self._parse(self.dataset_dir / "bounding_box_test", skipped, train=False, keep_junk=True)
+        if skipped:  # one warning for the whole data set
+            warnings.warn(f"{self.name}: skipped {len(skipped)} file(s) under {str(self.dataset_dir)!r} whose "
+                          f"names are not PPPP_cC[sS]_NNNN[_NN].ext with a known camera (e.g. {skipped[0]!r})",
+                          stacklevel=2)
         query = [r for r in query if r[1] != JUNK_PID]
         super().__init__(train, query, gallery, root=self.dataset_dir, **options)
 
@@ -58,24 +66,21 @@ class MarketLayoutDataset(ReIDDataset):
         """The data set folder under ``root`` (``root`` itself or one of ``candidates``)."""
         return locate_root(root, self.candidates, MARKET_FOLDERS, self.name)
 
-    def _parse(self, folder: Path, *, train: bool, keep_junk: bool = False) -> list[Record]:
+    def _parse(self, folder: Path, bad: list[str], *, train: bool, keep_junk: bool = False) -> list[Record]:
+        """The records of ``folder``; names that do not parse are appended to ``bad`` (as folder/name)."""
         records: list[Record] = []
-        bad: list[str] = []
         for path in list_images(folder):
             parsed = parse_market_name(path.name)
             if parsed is None or parsed[1] < 0 or (self.num_cameras is not None and parsed[1] >= self.num_cameras):
-                bad.append(path.name)
+                bad.append(f"{folder.name}/{path.name}")
                 continue
             pid, cam = parsed
             if train and pid in (JUNK_PID, DISTRACTOR_PID):
                 continue
             if pid < JUNK_PID:
-                bad.append(path.name)
+                bad.append(f"{folder.name}/{path.name}")
                 continue
             records.append((str(path), pid, cam))
-        if bad:
-            warnings.warn(f"{self.name}: skipped {len(bad)} file(s) in {str(folder)!r} whose names do not parse "
-                          f"as PPPP_cC... (e.g. {', '.join(bad[:3])})", stacklevel=4)
         return records
 
 
@@ -242,6 +247,11 @@ DATASETS: dict[str, Callable[..., ReIDDataset]] = {
 
 _ALIASES = {"market": "market1501", "market-1501": "market1501", "duke": "dukemtmc", "dukemtmcreid": "dukemtmc",
             "dukemtmc-reid": "dukemtmc", "cuhk03": "cuhk03np", "cuhk03-np": "cuhk03np", "msmt": "msmt17"}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every name :func:`load_dataset` accepts (case aside): the readers', then their aliases."""
+    return (*sorted(DATASETS), *sorted(_ALIASES))
 
 
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options: Any) -> ReIDDataset:

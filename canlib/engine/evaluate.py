@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -57,14 +59,23 @@ def evaluate_model(
     chunk_size: int = 2048,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    gather: Callable[[torch.Tensor, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]]
+    | None = None,
 ) -> dict[str, Any]:
     """Extract query and gallery descriptors and compute CMC, mAP and mINP.
+
+    ``gather`` (multi-process runs): combines every process's extracted (features, pids,
+    camids) into the whole split's, so that every process evaluates the same model on all of it
+    (:func:`canlib.engine.distributed.eval_gatherer`).
 
     Returns a JSON-ready dict: ``mAP``, ``mINP``, ``rank1``, ``rank3``, ``rank5``,
     ``rank10`` (fractions), the full ``cmc`` list, the AP variant and the metric used.
     """
     qf, q_pids, q_camids = extract_features(model, query_loader, device, flip_tta, amp_dtype, channels_last)
     gf, g_pids, g_camids = extract_features(model, gallery_loader, device, flip_tta, amp_dtype, channels_last)
+    if gather is not None:
+        qf, q_pids, q_camids = gather(qf, q_pids, q_camids)
+        gf, g_pids, g_camids = gather(gf, g_pids, g_camids)
     result = evaluate_features(
         qf, gf, q_pids, g_pids, q_camids, g_camids,
         metric=metric, chunk_size=chunk_size, max_rank=max_rank, ap=ap, rerank=rerank,
@@ -85,3 +96,86 @@ def evaluate_model(
         "descriptor_dim": int(qf.shape[1]),
     }
     return out
+
+
+def build_eval_loaders(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(dataset, query_loader, gallery_loader)`` of a resolved configuration (no training loader)."""
+    from canlib.data import build_test_loaders
+    from canlib.engine.build import build_dataset
+
+    d = cfg["data"]
+    dataset = build_dataset(cfg)
+    query_loader, gallery_loader = build_test_loaders(
+        dataset, height=int(d["height"]), width=int(d["width"]), batch_size=int(d["test_batch_size"]),
+        num_workers=int(d["num_workers"]), normalize=bool(d["normalize"]),
+    )
+    return dataset, query_loader, gallery_loader
+
+
+def target_config(cfg: dict[str, Any], dataset: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """A run's configuration pointed at data set ``dataset`` under ``data_root`` (None: the run's own).
+
+    Another data set needs its root; its reader options start empty and its test split is used
+    (no validation hold-out). The image size, model and evaluation settings stay the run's.
+    Raises ``ValueError`` (``ConfigError`` for an unknown data set name) naming the problem.
+    """
+    import copy
+
+    from canlib.config import validate
+
+    cfg = copy.deepcopy(cfg)
+    data = cfg["data"]
+    if dataset is not None and dataset.lower() != str(data["dataset"]).lower():
+        if data_root is None:
+            raise ValueError(f"--dataset {dataset} is not the run's data set ({data['dataset']}): give its --data-root")
+        data.update(dataset=dataset, options={}, val_ids=0)
+    if data_root is not None:
+        data["root"] = str(data_root)
+    validate(cfg)
+    return cfg
+
+
+def evaluate_run(
+    run_dir: str | Path, dataset: str | None = None, data_root: str | Path | None = None,
+    checkpoint: str | Path | None = None, device: str | None = "auto", metric: str | None = None,
+    ap: str | None = None, flip_tta: bool | None = None, rerank: bool | None = None, out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a training run's model on a query/gallery split: its own, or another data set's.
+
+    ``dataset``/``data_root`` name the target (the run's data set when None: e.g. a moved root);
+    the classifier size comes from the checkpoint, i.e. the *source* data set. ``metric``,
+    ``ap``, ``flip_tta`` and ``rerank`` default to the run's ``eval`` settings. Returns the
+    metrics (as :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint)
+    and ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
+    """
+    from canlib.engine.build import resolve_device
+    from canlib.engine.checkpoint import checkpoint_path
+    from canlib.engine.record import run_record
+    from canlib.engine.weights import model_from_checkpoint, read_run_config
+
+    source = read_run_config(run_dir)
+    cfg = target_config(source, dataset, None if data_root is None else str(data_root))
+    dev = resolve_device(device)
+    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
+    target, query_loader, gallery_loader = build_eval_loaders(cfg)
+    model, meta = model_from_checkpoint(cfg, ckpt, dev)
+    e = cfg["eval"]
+    options = {"metric": metric or e["metric"], "ap": ap or e["ap"], "max_rank": int(e["max_rank"]),
+               "flip_tta": bool(e["flip_tta"]) if flip_tta is None else bool(flip_tta),
+               "rerank": bool(e["rerank"]) if rerank is None else bool(rerank)}
+    metrics = evaluate_model(model, query_loader, gallery_loader, dev, chunk_size=int(e["chunk_size"]), **options)
+    split = "validation" if int(cfg["data"].get("val_ids") or 0) > 0 else "test"
+    result = {**metrics, "evaluation": {
+        "source_run": str(run_dir), "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
+        "source": {"dataset": source["data"]["dataset"], "root": source["data"]["root"],
+                   "num_train_pids": int(model.num_classes)},
+        "target": {"dataset": cfg["data"]["dataset"], "root": cfg["data"]["root"], "split": split,
+                   "options": cfg["data"]["options"]},
+        "options": options,
+    }, "record": run_record(cfg, dev)}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    log.info("%s on %s (%s): mAP %.4f rank-1 %.4f", run_dir, cfg["data"]["dataset"], cfg["data"]["root"],
+             metrics["mAP"], metrics["rank1"])
+    return result

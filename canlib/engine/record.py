@@ -76,6 +76,14 @@ def training_source_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     return sorted(files)
 
 
+def _fingerprint_sources(sources: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode())
+        digest.update(_code_without_docstrings(sources[name]).encode())
+    return digest.hexdigest()[:12]
+
+
 def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
     """A hash of what the training code *does*: equal fingerprints mean the same training code.
 
@@ -83,11 +91,71 @@ def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
     prose, the paper's tables or the ablation driver does not change it. Recorded runs are
     reused only when both this and the configuration hash match.
     """
-    digest = hashlib.sha256()
-    for path in training_source_files(package_dir):
-        digest.update(path.relative_to(package_dir).as_posix().encode())
-        digest.update(_code_without_docstrings(path.read_text()).encode())
-    return digest.hexdigest()[:12]
+    files = training_source_files(package_dir)
+    return _fingerprint_sources({p.relative_to(package_dir).as_posix(): p.read_text() for p in files})
+
+
+def module_fingerprints(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """One fingerprint per training source file (``{"model.py": "1a2b...", ...}``).
+
+    Recorded in every ``run.json`` so that a stale run can say *which* modules changed.
+    """
+    return {
+        p.relative_to(package_dir).as_posix(): _fingerprint_sources({"": p.read_text()})
+        for p in training_source_files(package_dir)
+    }
+
+
+def _git(*args: str, repo: Path = REPO_DIR) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                              timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+_COMMIT_MODULES: dict[str, dict[str, str] | None] = {}
+
+
+def module_fingerprints_at(commit: str, repo: Path = REPO_DIR) -> dict[str, str] | None:
+    """:func:`module_fingerprints` of the code at a git ``commit`` (None when git cannot say).
+
+    For runs recorded before ``run.json`` held per-module fingerprints.
+    """
+    if commit in _COMMIT_MODULES:
+        return _COMMIT_MODULES[commit]
+    package = PACKAGE_DIR.relative_to(repo).as_posix()
+    listing = _git("ls-tree", "-r", "--name-only", commit, "--", package, repo=repo)
+    result: dict[str, str] | None = None
+    if listing is not None:
+        result = {}
+        for path in listing.split():
+            rel = path[len(package) + 1:]
+            listed = any(rel == e or rel.startswith(e.rstrip("/") + "/") for e in TRAINING_SOURCES)
+            if not rel.endswith(".py") or not listed:
+                continue
+            text = _git("show", f"{commit}:{path}", repo=repo)
+            if text is None:
+                result = None
+                break
+            result[rel] = _fingerprint_sources({"": text})
+    _COMMIT_MODULES[commit] = result
+    return result
+
+
+def changed_modules(record: dict[str, Any], current: dict[str, str] | None = None) -> list[str] | None:
+    """The training modules whose code differs between a recorded run and the checkout.
+
+    Uses the run's own ``code_modules`` when it has them, else the code at its git commit;
+    ``None`` when neither is available (e.g. a shallow clone without that commit).
+    """
+    current = module_fingerprints() if current is None else current
+    then = record.get("code_modules")
+    if then is None and record.get("git", {}).get("commit"):
+        then = module_fingerprints_at(record["git"]["commit"])
+    if then is None:
+        return None
+    return sorted(name for name in set(then) | set(current) if then.get(name) != current.get(name))
 
 
 def _cpu_model() -> str:
@@ -151,6 +219,7 @@ def run_record(cfg: dict[str, Any], device: torch.device | str | None = None) ->
         "seed": cfg.get("seed"),
         "git": git_commit(),
         "code_fingerprint": code_fingerprint(),
+        "code_modules": module_fingerprints(),
         "versions": library_versions(),
         "machine": machine_info(device),
     }

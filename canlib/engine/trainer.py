@@ -14,11 +14,13 @@ is then still the one written at the end of the last good epoch.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,27 +30,95 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from canlib.config import config_hash, dump_config
+from canlib.config import DEFAULTS, ConfigError, config_hash, dump_config
+from canlib.data.base import ImageReadError
 from canlib.engine.build import (
     build_dataset,
     build_loaders,
     build_loss,
     build_model,
     build_optimizers,
-    resolve_device,
 )
+from canlib.engine.distributed import (
+    barrier,
+    convert_sync_batchnorm,
+    eval_gatherer,
+    gather_with_grad,
+    init_distributed,
+    shutdown_distributed,
+)
+from canlib.engine.checkpoint import CHECKPOINT, load_model_state
+from canlib.engine.checkpoint import load_checkpoint as read_checkpoint
+from canlib.engine.checkpoint import save_checkpoint as write_checkpoint
 from canlib.engine.evaluate import evaluate_model
 from canlib.engine.record import run_record
+from canlib.model import CAN
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoints/last.pt"
 #: Configuration keys a resumed run may change (extending a run is allowed).
-RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "data.num_workers")
+RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "data.num_workers", "data.cache",
+                     "train.compile", "data.root", "data.verify_images")
+#: Files that make a folder a run: ``train`` refuses to start over them without --resume or --overwrite.
+RUN_FILES = (CHECKPOINT, "metrics.json")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a run; the message says which checkpoint is kept."""
+
+    def __init__(self, message: str, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.resumable = resumable  # a checkpoint exists to continue from
+
+
+class EvaluationFailed(RuntimeError):
+    """Training finished and its checkpoint is kept, but the final evaluation failed."""
+
+
+class RunFolderError(ValueError):
+    """The output folder holds another run, or cannot be written."""
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error; a DataLoader worker's wrapped error becomes the original's message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    if len(lines) > 1 and any(ln.startswith("Original Traceback") for ln in lines):
+        return lines[-1].split(": ", 1)[-1]  # "canlib.data.base.ImageReadError: cannot read image ..."
+    return " ".join(lines)
+
+
+def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Before any work: refuse a folder holding a run (unless resuming or overwriting) and one
+    that cannot be written. Writes nothing but a temporary probe file, removed at once."""
+    if resume and overwrite:
+        raise RunFolderError("--resume continues the run in the output folder and --overwrite replaces it: "
+                             "pass one of them")
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if found and not (resume or overwrite):
+        raise RunFolderError(f"the output folder {out} already holds a run ({', '.join(found)}): pass --resume to "
+                             "continue it, --overwrite to replace it, or choose another --output")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"cannot create the output folder {out}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise RunFolderError(f"cannot write to the output folder {out}: {exc.strerror or exc} ({existing})") from None
+
+
+def _fill_defaults(defaults: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the keys it lacks taken from ``defaults`` (a run written before they existed)."""
+    out = {**copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(cfg))}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), Mapping) and key not in ("options", "backbone_kwargs"):
+            out[key] = _fill_defaults(value, cfg[key])
+    return out
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -63,26 +133,39 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values (what ``weights_only`` loading accepts)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`_rng_state` stored, exactly."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["internal"].tolist()), py["gauss_next"]))
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file and rename, so a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_checkpoint(obj, path)
+
+
+#: The values ``train.amp`` accepts (false/null/"none" mean "off").
+AMP_MODES: tuple[Any, ...] = ("auto", "off", "fp16", "bf16", "none", False, None)
 
 
 def _amp_dtype(device: torch.device, setting: Any) -> torch.dtype | None:
@@ -96,6 +179,17 @@ def _amp_dtype(device: torch.device, setting: Any) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def check_input_height(height: int, model: CAN) -> None:
+    """Refuse, before training, an input too short for the model's largest part branch."""
+    need = model.min_input_height()
+    if height < need:
+        largest = max(model.parts)
+        raise ConfigError(
+            f"data.height={height} is too small for model.parts={list(model.parts)}: part{largest} cuts the "
+            f"layer-4 map (height/{model.output_stride}) into {largest} stripes, so the input must be at least "
+            f"{need} pixels high; raise data.height or drop the largest parts")
 
 
 def _changed_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -115,15 +209,24 @@ class Trainer:
     def __init__(self, cfg: dict[str, Any], output_dir: str | Path, device: str | None = "auto") -> None:
         self.cfg = cfg
         self.out = Path(output_dir)
-        self.device = resolve_device(device)
+        # One process, or one of torchrun's: rank 0 alone writes files (``is_main``).
+        self.dist, self.device = init_distributed(device)
+        self.is_main = self.dist.is_main
         self.seed = int(cfg["seed"])
         train_cfg = cfg["train"]
         seed_everything(self.seed, deterministic=bool(train_cfg["deterministic"]))
 
         self.dataset = build_dataset(cfg)
         num_classes = int(self.dataset.num_train_pids)
-        self.train_loader, self.query_loader, self.gallery_loader = build_loaders(cfg, self.dataset, self.seed)
-        self.model = build_model(cfg, num_classes).to(self.device)
+        self.train_loader, self.query_loader, self.gallery_loader = build_loaders(
+            cfg, self.dataset, self.seed, self.dist.rank, self.dist.world_size, self.device)
+        model = build_model(cfg, num_classes)
+        check_input_height(int(cfg["data"]["height"]), model)  # before any image is decoded or file written
+        if cfg["data"].get("verify_images", True):
+            self._verify_images()
+        if self.dist.enabled and bool(train_cfg["sync_bn"]):
+            model = convert_sync_batchnorm(model, self.device)
+        self.model = model.to(self.device)
         self.loss = build_loss(cfg, self.model, num_classes).to(self.device)
         self.optimizer, self.center_optimizer, self.scheduler = build_optimizers(cfg, self.model, self.loss)
 
@@ -133,7 +236,32 @@ class Trainer:
         self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model = self._training_module(bool(train_cfg["compile"]))
         self.epoch = 0
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint this run wrote or resumed from
+
+    def _verify_images(self) -> None:
+        """Decode every image once (this process's share of them), so a corrupt file stops the run now."""
+        start = time.perf_counter()
+        try:
+            count = self.dataset.verify_images(part=(self.dist.rank, self.dist.world_size))
+        except ImageReadError as exc:
+            raise ImageReadError(f"{exc}. Found before training; replace or remove the file "
+                                 "(data.verify_images=false skips this check)") from None
+        log.info("checked that %d images decode (%.1f s)", count, time.perf_counter() - start)
+
+    def _training_module(self, compile_model: bool) -> torch.nn.Module:
+        """What a training step calls: ``self.model`` in DDP (several processes), compiled if asked.
+
+        ``self.model`` stays the plain module: checkpoints and evaluation use it.
+        """
+        module: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if compile_model:
+            module = torch.compile(module)
+        return module
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -155,8 +283,9 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        # On the CPU first: the RNG states must stay there; load_state_dict moves the rest.
+        state = read_checkpoint(path, map_location="cpu")
+        load_model_state(self.model, state["model"], path)
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.center_optimizer is not None and state["center_optimizer"] is not None:
@@ -171,7 +300,8 @@ class Trainer:
     def _loader_generator(self, epoch: int) -> torch.Generator:
         # Worker seeds and any loader randomness depend only on (seed, epoch), so a resumed
         # run sees the same batches as an uninterrupted one.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # Under DDP each rank's workers draw their own augmentations (rank 0's = one process's).
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7_919 * self.dist.rank)
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
@@ -186,7 +316,7 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(
             total=total_batches, desc=f"epoch {epoch}", leave=False,
-            disable=not self.cfg["train"]["progress"], dynamic_ncols=True,
+            disable=not (self.cfg["train"]["progress"] and self.is_main), dynamic_ncols=True,
         )
         for step, (images, pids, _camids) in enumerate(loader):
             if step >= total_batches:
@@ -195,14 +325,11 @@ class Trainer:
             pids = pids.to(self.device, non_blocking=True)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.model(images)
-            total, terms = self.loss(out.features.float(), out.logits.float(), pids)
+            total, terms = self.compute_loss(images, pids)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"non-finite loss ({float(total.detach())}) at epoch {epoch}, step {step}: terms "
-                    f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; the last good "
-                    f"checkpoint (end of epoch {self.epoch}) is kept at {self.out / CHECKPOINT}. "
+                    f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; {self._kept_checkpoint()}. "
                     "Lower optim.lr or check the input data."
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -219,9 +346,10 @@ class Trainer:
                 if all(torch.isfinite(g).all() for g in grads):
                     self.center_optimizer.step()
             self.scaler.update()
+            batch = len(pids) * self.dist.world_size  # the global batch: every rank's loss is its loss
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(pids)
-            seen += len(pids)
+                sums[key] = sums.get(key, 0.0) + float(value) * batch
+            seen += batch
             bar.update(1)
             bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()})
         bar.close()
@@ -235,8 +363,20 @@ class Trainer:
             "images_per_s": seen / elapsed if elapsed > 0 else math.nan,
         }
 
+    def compute_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward this rank's shard, gather every rank's outputs (with gradient) and return the
+        loss of the GLOBAL batch: the one-process loss, on every rank (see :mod:`canlib.engine.distributed`)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.train_model(images)
+        pre_bn = None if out.pre_bn is None else gather_with_grad(out.pre_bn.float())
+        return self.loss(gather_with_grad(out.features.float()), gather_with_grad(out.logits.float()),
+                         gather_with_grad(pids), pre_bn=pre_bn)
+
     def evaluate(self) -> dict[str, Any]:
         e = self.cfg["eval"]
+        if self.dist.enabled:  # rank 0's BatchNorm statistics on every rank: one model evaluated
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, src=0)
         for loader in (self.query_loader, self.gallery_loader):
             loader.generator = torch.Generator().manual_seed(self.seed)
         return evaluate_model(
@@ -244,57 +384,158 @@ class Trainer:
             metric=e["metric"], ap=e["ap"], max_rank=int(e["max_rank"]), flip_tta=bool(e["flip_tta"]),
             rerank=bool(e["rerank"]), chunk_size=int(e["chunk_size"]),
             amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+            gather=eval_gatherer(self.device) if self.dist.enabled else None,
         )
 
     # ------------------------------------------------------------------ the run
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``optim.epochs``, then evaluate; return the metrics (also in ``metrics.json``).
+
+        A folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite``
+        (replace it), and nothing is written before every check has passed. Each epoch's log line
+        is appended BEFORE its checkpoint and resuming drops the lines past the checkpoint's
+        epoch, so ``log.jsonl`` matches the checkpoint whenever the process dies.
+        """
+        check_output_dir(self.out, resume=resume, overwrite=overwrite)
         ckpt = self.out / CHECKPOINT
         log_path = self.out / "log.jsonl"
         if resume and ckpt.is_file():
-            saved = yaml.safe_load((self.out / "config.yaml").read_text())
-            changed = [k for k in _changed_keys(saved, self.cfg) if k not in RESUMABLE_CHANGES]
-            if changed:
-                raise ValueError(f"cannot resume {self.out}: the configuration differs in {changed}")
+            self._check_resumable()
             self.load_checkpoint(ckpt)
-            if log_path.is_file():  # drop lines written after the checkpoint we resume from
-                lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-                kept = [ln for ln in lines if json.loads(ln)["epoch"] <= self.epoch]
-                log_path.write_text("".join(ln + "\n" for ln in kept))
+            self.saved_epoch = self.epoch
         elif resume:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
-        if self.epoch == 0:
-            log_path.write_text("")
-        dump_config(self.cfg, self.out / "config.yaml")
-        (self.out / "run.json").write_text(json.dumps(run_record(self.cfg, self.device), indent=2) + "\n")
+        barrier(self.dist)  # every rank has read the folder before rank 0 writes to it
+        if self.is_main:
+            self._start_files(log_path, overwrite)
         log.info("%s", self.dataset.summary())
 
         epochs = int(self.cfg["optim"]["epochs"])
         eval_every = int(self.cfg["train"]["eval_every"] or 0)
         every = max(int(self.cfg["train"]["checkpoint_every"]), 1)
-        while self.epoch < epochs:
-            stats = self.train_one_epoch(self.epoch + 1)
-            self.scheduler.step()
-            self.epoch += 1
-            if self.epoch % every == 0 or self.epoch == epochs:
-                self.save_checkpoint()
-            if eval_every and self.epoch % eval_every == 0 and self.epoch < epochs:
-                stats["eval"] = {k: v for k, v in self.evaluate().items() if k != "cmc"}
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(stats) + "\n")
-            log.info(
-                "epoch %d/%d  %s  %.1f img/s", self.epoch, epochs,
-                " ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("loss_")),
-                stats["images_per_s"],
-            )
-        metrics = {"epoch": self.epoch, **self.evaluate()}
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        try:
+            while self.epoch < epochs:
+                stats = self.train_one_epoch(self.epoch + 1)
+                self.scheduler.step()
+                self.epoch += 1
+                if eval_every and self.epoch % eval_every == 0 and self.epoch < epochs:
+                    stats["eval"] = {k: v for k, v in self.evaluate().items() if k != "cmc"}
+                if self.is_main:  # the line first: a resume drops it if its checkpoint never came
+                    _append_line(log_path, stats)
+                if self.epoch % every == 0 or self.epoch == epochs:
+                    if self.is_main:
+                        self.save_checkpoint()
+                    self.saved_epoch = self.epoch
+                log.info(
+                    "epoch %d/%d  %s  %.1f img/s", self.epoch, epochs,
+                    " ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("loss_")),
+                    stats["images_per_s"],
+                )
+        except KeyboardInterrupt as exc:
+            raise TrainingInterrupted(f"interrupted after {self.epoch} of {epochs} epochs; {self._kept_checkpoint()}",
+                                      resumable=self.saved_epoch is not None) from exc
+        metrics = self._final_evaluation()
+        if self.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("final: mAP %.4f  rank-1 %.4f  mINP %.4f", metrics["mAP"], metrics["rank1"], metrics["mINP"])
         return metrics
 
+    def _kept_checkpoint(self) -> str:
+        """Which checkpoint a stopped run leaves behind (for the error messages)."""
+        if self.saved_epoch is None:
+            return "no checkpoint was written yet, so there is nothing to resume"
+        return f"the last good checkpoint (end of epoch {self.saved_epoch}) is kept at {self.out / CHECKPOINT}"
+
+    def _check_resumable(self) -> None:
+        """The run in the folder has this configuration (up to RESUMABLE_CHANGES) and this data."""
+        try:
+            saved = yaml.safe_load((self.out / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise RunFolderError(f"cannot resume {self.out}: its config.yaml cannot be read "
+                                 f"({error_line(exc)})") from None
+        changed = [k for k in _changed_keys(_fill_defaults(DEFAULTS, saved or {}), self.cfg)
+                   if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ValueError(f"cannot resume {self.out}: the configuration differs in {changed} "
+                             f"(a resumed run may change only {', '.join(RESUMABLE_CHANGES)})")
+        try:
+            recorded = json.loads((self.out / "run.json").read_text()).get("data", {}).get("statistics") or {}
+        except (OSError, ValueError):
+            recorded = {}  # a run recorded before the data statistics were
+        found = self.dataset.statistics()
+        diffs = [f"{key} {found.get(key)} (the run's {value})" for key, value in recorded.items()
+                 if found.get(key) != value]
+        if diffs:
+            raise ValueError(f"cannot resume {self.out}: the data set at {self.dataset.root} is not the one it was "
+                             f"trained on: {'; '.join(diffs)}")
+
+    def _start_files(self, log_path: Path, overwrite: bool) -> None:
+        """The first writes of a run: clear a replaced run, trim or start the log, record config and run."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if overwrite or self.epoch < int(self.cfg["optim"]["epochs"]):  # metrics.json will be rewritten
+            (self.out / "metrics.json").unlink(missing_ok=True)
+        if self.epoch == 0:
+            (self.out / CHECKPOINT).unlink(missing_ok=True)  # a replaced run's, if any
+            log_path.write_text("")
+        elif log_path.is_file():
+            _trim_log(log_path, self.epoch)
+        dump_config(self.cfg, self.out / "config.yaml")
+        record = {**run_record(self.cfg, self.device), "distributed": self.dist.record(),
+                  "data": {"statistics": self.dataset.statistics()}}  # what a resume compares
+        (self.out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def _final_evaluation(self) -> dict[str, Any]:
+        """Evaluate the trained model; on failure the checkpoint is kept and the error says how to finish."""
+        finish = (f"the checkpoint of epoch {self.epoch} is kept at {self.out / CHECKPOINT}: once the cause is "
+                  f"fixed, rerun the same train command with --resume (it only evaluates) or run "
+                  f"`python -m canlib evaluate --run {self.out}`")
+        try:
+            return {"epoch": self.epoch, **self.evaluate()}
+        except KeyboardInterrupt as exc:
+            raise TrainingInterrupted(f"interrupted during the final evaluation; {finish}", resumable=True) from exc
+        except Exception as exc:
+            raise EvaluationFailed(f"training finished but the final evaluation failed: {error_line(exc)}; "
+                                   f"{finish}") from exc
+
+
+def _append_line(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line in one write, flushed to disk."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _trim_log(path: Path, epoch: int) -> None:
+    """Keep the log lines up to ``epoch`` (a resumed checkpoint's); drop later and torn lines."""
+    kept, torn = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            if line.strip() and int(json.loads(line)["epoch"]) <= epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (a write cut short)", path, torn)
+    if not any(json.loads(line)["epoch"] == epoch for line in kept):
+        log.warning("%s has no line for epoch %d, the checkpoint's (a run written by an older canlib)", path, epoch)
+    path.write_text("".join(line + "\n" for line in kept))
+
 
 def train(
-    cfg: dict[str, Any], output_dir: str | Path, device: str | None = "auto", resume: bool = False
+    cfg: dict[str, Any], output_dir: str | Path, device: str | None = "auto", resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train with a resolved configuration; return the final metrics (also in ``metrics.json``)."""
-    return Trainer(cfg, output_dir, device).fit(resume=resume)
+    """Train with a resolved configuration; return the final metrics (also in ``metrics.json``).
+
+    The output folder is checked first (see :func:`check_output_dir`), before the data set and
+    model are built. Under torchrun every process calls this; they leave the process group when done.
+    """
+    check_output_dir(Path(output_dir), resume=resume, overwrite=overwrite)
+    try:
+        metrics = Trainer(cfg, output_dir, device).fit(resume=resume, overwrite=overwrite)
+    except BaseException:
+        shutdown_distributed(wait=False)  # torchrun stops the other processes
+        raise
+    shutdown_distributed()
+    return metrics

@@ -1,0 +1,128 @@
+"""Statistics over recorded runs: mean ± std per table row, and the paper's claims judged on them.
+
+The grid runner (:mod:`canlib.engine.ablation`) produces one record per (row, seed): a dict
+with ``table``, ``row``, ``seed`` and the metrics as fractions. This module turns those
+records into the tables the book prints and tests the comparisons the paper's text draws
+(:func:`canlib.paper.paper_claims`) with a Welch statistic over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import pandas as pd
+
+from canlib import paper
+
+#: The metrics a record may hold, in the order tables print them.
+METRIC_KEYS = ("mAP", "rank1", "rank3", "rank5", "rank10", "mINP")
+
+
+class Summary(NamedTuple):
+    """Per (table, row) statistics over seeds, in percent.
+
+    Attributes:
+        table: ``"mean ± std"`` strings (the mean alone for one seed), ``seeds``, and the
+            paper's mAP and rank-1 beside them.
+        mean: numeric means.
+        std: sample standard deviations (NaN for one seed).
+        seeds: the number of seeds per row.
+    """
+
+    table: pd.DataFrame
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    seeds: pd.Series
+
+
+def _format(mean: float, std: float, seeds: int) -> str:
+    """``mean ± std`` in percent with one decimal (just the mean for a single seed)."""
+    return f"{mean:.1f}" if seeds < 2 else f"{mean:.1f} ± {std:.1f}"
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> Summary:
+    """Mean and sample standard deviation over seeds per (table, row), in percent."""
+    df = pd.DataFrame(records)
+    keys = [k for k in METRIC_KEYS if k in df]
+    stats = df.groupby(["table", "row"], sort=False)[keys]
+    mean, std, n = stats.mean() * 100, stats.std(ddof=1) * 100, stats.size()
+    table = pd.DataFrame(
+        {k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index
+    )
+    table["seeds"] = n
+    published = [paper.ABLATION_TABLES.get(t, {}).get(r, {}) for t, r in table.index]
+    table["paper mAP"] = [row.get("mAP") for row in published]
+    table["paper rank1"] = [row.get("rank1") for row in published]
+    return Summary(table, mean, std, n)
+
+
+def welch_t(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int) -> float:
+    """``(mean_a - mean_b) / sqrt(s_a^2/n_a + s_b^2/n_b)``; NaN below two seeds on either side."""
+    if min(n_a, n_b) < 2:
+        return math.nan
+    se = math.sqrt(std_a**2 / n_a + std_b**2 / n_b)
+    return (mean_a - mean_b) / se if se > 0 else math.nan
+
+
+def _holds(values: Sequence[float], claim: paper.Claim) -> bool:
+    if claim.kind == "best":
+        return all(values[a] >= values[b] for a, b in claim.comparisons())
+    return all(values[a] > values[b] for a, b in claim.comparisons())
+
+
+def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict[str, Any]:
+    published = [paper.ABLATION_TABLES[t][r][metric] for t, r in claim.rows]
+    have = summary is not None and all(key in summary.mean.index for key in claim.rows)
+    ours = [float(summary.mean.loc[key, metric]) for key in claim.rows] if have else []
+    seeds = [int(summary.seeds.loc[key]) for key in claim.rows] if have else [0]
+    ts = [
+        welch_t(ours[a], float(summary.std.loc[claim.rows[a], metric]), seeds[a],
+                ours[b], float(summary.std.loc[claim.rows[b], metric]), seeds[b])
+        for a, b in claim.comparisons()
+    ] if have else []
+    return {
+        "claim": claim.text,
+        "paper holds?": "yes" if _holds(published, claim) else "no",
+        "paper mAP %": _values(published, claim),
+        "proxy holds?": ("yes" if _holds(ours, claim) else "no") if have else "not run",
+        "proxy mAP %": _values(ours, claim) if have else "-",
+        "min t": round(min(ts), 1) if ts and not any(math.isnan(t) for t in ts) else math.nan,
+        "min seeds": min(seeds),
+    }
+
+
+def judge_claims(
+    records: Sequence[dict[str, Any]], claims: Sequence[paper.Claim] | None = None, metric: str = "mAP"
+) -> pd.DataFrame:
+    """Evaluate each claim on the paper's numbers and on the recorded runs' means.
+
+    Besides the verdicts, ``min t`` is the smallest Welch statistic over the claim's
+    comparisons (:func:`welch_t`): negative when a comparison goes the other way, large when
+    the ordering is clear of seed noise (with three seeds per row, about 3 for a one-sided
+    95 % test). It is NaN below two seeds per row.
+    """
+    summary = summarize(records) if len(records) else None
+    return pd.DataFrame([_judge_one(c, summary, metric) for c in (claims or paper.paper_claims())])
+
+
+def _values(values: Sequence[float], claim: paper.Claim) -> str:
+    if claim.kind == "pairwise":  # with / without, pattern by pattern
+        half = len(values) // 2
+        return ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(values[:half], values[half:]))
+    if len(values) == 2:
+        return f"{values[0]:.1f} vs {values[1]:.1f}"
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
+def read_log(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``log.jsonl`` as a frame, one row per epoch (evaluations flattened as ``eval_<metric>``)."""
+    rows = []
+    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            row.update({f"eval_{k}": v for k, v in (row.pop("eval", None) or {}).items()})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,107 @@
+"""Presentation helpers for the book's chapters: numbered tables and figures.
+
+A chapter computes a table or draws a figure in a code cell and *glues* it under a name
+(myst-nb's ``glue``); a markdown cell then places it with a caption that the build numbers:
+
+.. code-block:: md
+
+    :::{table} Parameters of each component (millions).
+    :name: tbl-backbone-params
+
+    ```{glue:md} tbl-backbone-params
+    :format: myst
+    ```
+    :::
+
+    ```{glue:figure} fig-backbone-rows
+    :name: fig-backbone-rows
+    :alt: Bar chart of feature-map heights ...
+
+    Caption.
+    ```
+
+Tables are glued as Markdown (fixed precision per column, numbers right-aligned), so the
+build renders them as numbered HTML tables and nbval compares plain text, with no random
+ids in it. myst-nb and IPython are only needed when a chapter runs (the ``book`` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+__all__ = ["glue_figure", "glue_table", "markdown_table"]
+
+Format = str | Callable[[Any], str]
+
+
+def _cell(value: Any, fmt: Format | None) -> str:
+    """One table cell as text: ``fmt`` is a format spec (``".2f"``, ``",d"``) or a callable."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if callable(fmt):
+        text = fmt(value)
+    elif fmt is not None and not isinstance(value, (str, bool)):
+        text = format(value, fmt)
+    elif isinstance(value, float):
+        raise ValueError(f"float value {value!r} has no format: give every float column a fixed precision")
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _header(label: Any) -> str:
+    if isinstance(label, tuple):
+        return " ".join(str(part) for part in label if str(part))
+    return "" if label is None else str(label)
+
+
+def markdown_table(df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None,
+                   index: bool = True) -> str:
+    """``df`` as a Markdown pipe table with fixed precision.
+
+    Args:
+        df: the table; a (Multi)Index becomes leading columns when ``index`` is true.
+        formats: one format for every numeric value column (not the index), or ``{column: format}``
+            (index levels included, by name); a format is a
+            spec for :func:`format` (``".2f"``, ``",d"``, ``".1%"``) or a callable returning text.
+            Float columns without a format are refused, so no table prints noise digits.
+        index: include the index (its names become the headers).
+    """
+    table = df.reset_index() if index else df.reset_index(drop=True)
+    if index and not any(n is not None for n in df.index.names):
+        table = table.rename(columns={"index": ""})
+    index_columns = set(table.columns[:df.index.nlevels]) if index else set()
+    per_column = formats if isinstance(formats, Mapping) else {}
+    default = None if isinstance(formats, Mapping) else formats
+    headers = [_header(c) for c in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
+               for c in table.columns]
+    # the default format is for the values; index columns (labels) only get a format by name
+    fmts = [per_column.get(c, default if num and c not in index_columns else None)
+            for c, num in zip(table.columns, numeric)]
+    rows = [[_cell(v, fmt) for v, fmt in zip(row, fmts)] for row in table.itertuples(index=False, name=None)]
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
+             "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def glue_table(name: str, df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None,
+               index: bool = True) -> None:
+    """Glue ``df`` as a Markdown table under ``name``; the cell shows nothing, its ``{table}`` shows it."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(name, Markdown(markdown_table(df, formats, index)), display=False)
+
+
+def glue_figure(name: str, fig: Any) -> None:
+    """Glue a matplotlib figure under ``name`` and close it, so it appears once: in its ``{glue:figure}``."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(name, fig, display=False)
+    plt.close(fig)

@@ -1,0 +1,116 @@
+"""Checkpoint files: one path, atomic writes, and loading that never runs code from the file.
+
+A checkpoint or an exported weights file may come from someone else. ``torch.load`` with
+``weights_only=True`` unpickles only tensors and plain Python data (dicts, lists, tuples,
+numbers, strings), so a crafted file cannot execute code; anything else in it is refused.
+Every file problem (missing, empty, truncated, tampered, weights that do not fit the model)
+is a :class:`CheckpointError` naming the file and what is wrong, which the CLI reports as
+bad input (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+#: A run folder's checkpoint, relative to the folder.
+CHECKPOINT = "checkpoints/last.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be read, written or used; the message names it."""
+
+
+def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    """``run_dir/checkpoints/last.pt``, the checkpoint ``train`` keeps up to date."""
+    return Path(run_dir) / CHECKPOINT
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file.
+
+    Raises :class:`CheckpointError` naming ``path`` when the folder or file cannot be written.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """The first line of a weights-only refusal, e.g. the global it would have called."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()
+    return text.splitlines()[-1].strip() if text.strip() else type(exc).__name__
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint or exported weights file with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
+    tampered file (one that holds anything but tensors and plain data).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():  # a raw pickle (not torch.save's zip) draws a protocol warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: the file holds objects other than tensors and plain data, which a "
+            f"checkpoint never does (tampered, or not written by canlib): {_refusal(exc)}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: truncated or not a PyTorch file ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dictionary of tensors and metadata, got {type(state).__name__}")
+    return state
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """``model.load_state_dict(state)``; weights that do not fit are a one-line :class:`CheckpointError`.
+
+    Floating-point tensors are cast to the model's dtype by ``load_state_dict`` itself, so a
+    half-precision export loads into a float32 model.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = getattr(model, "parts", None)
+        saved = sorted({int(m.group(1)) for k in state if (m := re.match(r"branches\.part(\d+)\.", k))})
+        problems = [f"the file's branches are parts {saved}"] if parts is not None and saved else []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)):
+            if keys:
+                problems.append(f"{len(keys)} {what} (e.g. {keys[0]})")
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model the configuration builds"
+            + (f" (parts {list(parts)})" if parts is not None else "")
+            + ": " + ", ".join(problems) + "; was it trained with another configuration?"
+        )
+    model.load_state_dict(state)

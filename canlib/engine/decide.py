@@ -1,0 +1,218 @@
+"""Filling the paper's silences on a validation split: staged comparisons with a rule fixed in advance.
+
+Every choice the paper leaves open (where the clustering losses see the feature, one BN per
+feature or one shared, squared or plain distances, the cosine scale, the margin) and every
+calibration of the CPU proxy (learning rate and step positions) is decided here, on identities
+held out from the *training* split (``data.val_ids``); the test split is never read.
+
+The stages run in order; each compares its options with the choices already made and keeps
+one by :func:`decide`, a rule written down before any run: the option with the best mean
+validation mAP replaces the stage's default only when it beats the default by more than
+:data:`TIE_POINTS` mAP points *and* by more than the seed-to-seed spread; otherwise the default
+(the paper's literal choice where it has one, else the field's usual value) stays. Options
+marked as references (e.g. CE alone, to show what a collapse looks like) are trained and
+reported but never chosen. Every run is recorded under ``results/decisions/<hash>/`` like any
+other run, and the decisions with their numbers in ``results/decisions/decisions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from canlib.analysis import summarize
+from canlib.engine.ablation import Row, run_grid
+
+log = logging.getLogger(__name__)
+
+#: Held-out training identities for every decision run (of the synthetic set's 250), and which.
+VALIDATION: tuple[str, ...] = ("data.val_ids=50", "data.val_seed=0")
+#: Seeds per option.
+SEEDS: tuple[int, ...] = (0, 1)
+#: An option replaces the default only when it is better by more than this many mAP points
+#: (and by more than the pooled seed standard deviation).
+TIE_POINTS = 1.0
+
+
+@dataclass(frozen=True)
+class Option:
+    """One answer to a stage's question, as configuration overrides."""
+
+    label: str
+    overrides: tuple[str, ...]
+    reference: bool = False  # trained and shown, never chosen
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A question the paper leaves open, its options, and the default that stays on a tie."""
+
+    name: str
+    question: str
+    default: str
+    why_default: str
+    options: tuple[Option, ...]
+
+    def option(self, label: str) -> Option:
+        return next(o for o in self.options if o.label == label)
+
+
+def _opt(label: str, *overrides: str, reference: bool = False) -> Option:
+    return Option(label, tuple(overrides), reference)
+
+
+#: The stages, in the order they run. Fixed before any decision run (see the module docstring).
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 16 epochs (steps at 42/58/75 %)",
+        "lr 3e-4",
+        "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 7/9/12 of 16)",
+        (
+            _opt("lr 3e-4", "optim.lr=3.0e-4", "optim.milestones=[7, 9, 12]"),
+            _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[7, 9, 12]"),
+        ),
+    ),
+    Stage(
+        "neck", "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
+        "post-BN, shared BN, squared",
+        "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
+        "closest reading of 'one 1x1 convolution'; the losses see the features the classifier sees",
+        (
+            _opt("post-BN, shared BN, squared", "loss.clustering_input=post_bn", "model.embed_bn=shared",
+                 "loss.triplet_squared=true"),
+            _opt("post-BN, shared BN, plain", "loss.clustering_input=post_bn", "model.embed_bn=shared",
+                 "loss.triplet_squared=false"),
+            _opt("BNNeck, shared BN, squared", "loss.clustering_input=pre_bn", "model.embed_bn=shared",
+                 "loss.triplet_squared=true"),
+            _opt("BNNeck, shared BN, plain", "loss.clustering_input=pre_bn", "model.embed_bn=shared",
+                 "loss.triplet_squared=false"),
+            _opt("BNNeck, BN per feature, plain", "loss.clustering_input=pre_bn", "model.embed_bn=per_feature",
+                 "loss.triplet_squared=false"),
+            _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
+        ),
+    ),
+    Stage(
+        "scale", "The scale of the cosine classifier's logits", "scale 30",
+        "30 is inside the 16-64 range cosine heads use; the paper gives none",
+        (
+            _opt("scale 16", "loss.ce_scale=16.0"),
+            _opt("scale 30", "loss.ce_scale=30.0"),
+            _opt("scale 64", "loss.ce_scale=64.0"),
+        ),
+    ),
+    Stage(
+        "margin", "The triplet margin alpha", "margin 0.3",
+        "0.3 is the strong baseline's margin (Luo et al. 2019); the paper gives none",
+        (
+            _opt("margin 0.1", "loss.triplet_margin=0.1"),
+            _opt("margin 0.3", "loss.triplet_margin=0.3"),
+            _opt("margin 1.0", "loss.triplet_margin=1.0"),
+        ),
+    ),
+)
+
+
+@dataclass
+class Decision:
+    """What a stage chose, from which numbers (validation mAP in %, over :data:`SEEDS`)."""
+
+    stage: str
+    chosen: str
+    default: str
+    best: str
+    reason: str
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
+    runs: dict[str, list[str]] = field(default_factory=dict)
+
+
+def decide(stage: Stage, records: Sequence[dict[str, Any]], tie_points: float = TIE_POINTS) -> Decision:
+    """Apply the rule of the module docstring to one stage's records."""
+    summary = summarize(records)
+    mean = {row: float(summary.mean.loc[(stage.name, row), "mAP"]) for _, row in summary.mean.index}
+    std = {row: float(summary.std.loc[(stage.name, row), "mAP"]) for _, row in summary.std.index}
+    eligible = [o.label for o in stage.options if not o.reference and o.label in mean]
+    if stage.default not in mean:
+        raise ValueError(f"stage {stage.name}: the default {stage.default!r} has no recorded run")
+    best = max(eligible, key=lambda label: mean[label])
+    spread = math.sqrt((_nan0(std[best]) ** 2 + _nan0(std[stage.default]) ** 2) / 2)
+    gain = mean[best] - mean[stage.default]
+    if best != stage.default and gain > max(tie_points, spread):
+        chosen, reason = best, (f"{best} beats the default by {gain:.1f} mAP points, more than "
+                                f"{tie_points:.1f} and the seed spread {spread:.1f}")
+    else:
+        chosen = stage.default
+        reason = ("the default has the best mean" if best == stage.default else
+                  f"{best} is ahead by {gain:.1f} points only, within max({tie_points:.1f}, seed spread "
+                  f"{spread:.1f}): the default stays")
+    runs = {row: sorted({r["run"] for r in records if r["row"] == row}) for row in mean}
+    return Decision(stage.name, chosen, stage.default, best, reason, mean, std,
+                    {row: int(summary.seeds.loc[(stage.name, row)]) for row in mean}, runs)
+
+
+def _nan0(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def stage_rows(stage: Stage, chosen: Sequence[str]) -> list[Row]:
+    """The stage's options as grid rows on top of the validation split and the earlier choices."""
+    return [Row(stage.name, o.label, VALIDATION + tuple(chosen) + o.overrides) for o in stage.options]
+
+
+def run_decisions(
+    profile: str | Path,
+    data_root: str | Path,
+    stages: Sequence[Stage] = STAGES,
+    seeds: Sequence[int] = SEEDS,
+    results_dir: str | Path = "results/decisions",
+    runs_dir: str | Path = "runs/decisions",
+    jobs: int = 2,
+    device: str = "cpu",
+) -> list[Decision]:
+    """Run the stages in order (reusing recorded runs) and write ``decisions.json``."""
+    chosen: list[str] = []
+    decisions: list[Decision] = []
+    for stage in stages:
+        records = run_grid(profile, data_root, stage_rows(stage, chosen), seeds, results_dir, runs_dir,
+                           device=device, jobs=jobs, any_code=True)
+        decision = decide(stage, records)
+        log.info("stage %s: %s (%s)", stage.name, decision.chosen, decision.reason)
+        decisions.append(decision)
+        chosen += stage.option(decision.chosen).overrides
+    out = Path(results_dir) / "decisions.json"
+    out.write_text(json.dumps({"validation": list(VALIDATION), "seeds": list(seeds), "tie_points": TIE_POINTS,
+                               "chosen_overrides": chosen, "decisions": [asdict(d) for d in decisions]},
+                              indent=1) + "\n")
+    return decisions
+
+
+def chosen_overrides(path: str | Path = "results/decisions/decisions.json") -> list[str]:
+    """The overrides every decision chose, in stage order (what ``configs/cpu.yaml`` must hold)."""
+    return list(json.loads(Path(path).read_text())["chosen_overrides"])
+
+
+def _cli(args: argparse.Namespace) -> int:
+    for d in run_decisions(args.config, args.data_root, STAGES, args.seeds, args.results, args.runs, args.jobs,
+                           args.device):
+        print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add the ``decide`` sub-command."""
+    p = subparsers.add_parser("decide", help="fill the paper's silences on a validation split (staged runs)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="the profile the decisions are for (configs/cpu.yaml)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--results", default="results/decisions")
+    p.add_argument("--runs", default="runs/decisions")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cli)

@@ -1,0 +1,84 @@
+"""The CPU proxy's pre-trained trunk: from a recorded run to a ResNet state dict ``model.pretrained`` loads.
+
+The paper fine-tunes an ImageNet ResNet50; the proxy cannot download one, so ``make pretrain``
+trains its slim trunk on a large synthetic set of identities drawn with another seed (plain
+identity classification with a global-only model, ``configs/pretrain.yaml``) and this module
+keeps the trunk: layers 0-3 (the shared stem) and the global branch's layer 4, under the key
+names of a torchvision/timm ResNet, so :func:`canlib.backbone.load_resnet_state_dict` reads it
+like any local ImageNet file. The run's record (configuration, run record, log, metrics) is
+copied beside the weights, so the trunk's provenance is as checkable as any reported run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.weights import model_from_checkpoint, read_run_config
+from canlib.model import CAN
+
+log = logging.getLogger(__name__)
+
+#: Files of the pre-training run copied beside the trunk's weights.
+RECORDED_FILES = ("config.yaml", "run.json", "log.jsonl", "metrics.json")
+
+
+def trunk_state_dict(model: CAN, branch: str = "part1") -> dict[str, torch.Tensor]:
+    """The ResNet trunk of ``model`` (stem + ``branch``'s layer 4) with ResNet key names (no ``fc``)."""
+    if branch not in model.branches:
+        raise ValueError(f"the model has no branch {branch!r}; it has {sorted(model.branches)}")
+    state = {f"{k}": v for k, v in model.stem.state_dict().items()}
+    state.update({f"layer4.{k}": v for k, v in model.branches[branch].layer4.state_dict().items()})
+    return {k: v.detach().clone().float() if v.is_floating_point() else v.clone() for k, v in state.items()}
+
+
+def export_trunk(run_dir: str | Path, out: str | Path) -> Path:
+    """Write the trunk of a finished run to ``out`` and copy the run's record beside it (``out``'s stem + ``/``).
+
+    For a generated (synthetic) training set, ``dataset.json`` beside the record holds the
+    generator's arguments and counts, so the identities' seed can be checked against any
+    evaluation set's."""
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = read_run_config(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.json: the pre-training run has not finished")
+    model, _ = model_from_checkpoint(cfg, checkpoint_path(run_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(trunk_state_dict(model), out)
+    record_dir = out.with_suffix("")
+    record_dir.mkdir(parents=True, exist_ok=True)
+    for name in RECORDED_FILES:
+        shutil.copy2(run_dir / name, record_dir / name)
+    meta = Path(str(cfg["data"]["root"])) / "meta.json"
+    if meta.is_file():  # a generated set: how to regenerate it, and its counts (not its file lists)
+        data = json.loads(meta.read_text())
+        (record_dir / "dataset.json").write_text(json.dumps(
+            {k: data[k] for k in ("generator", "version", "arguments", "statistics")}, indent=1) + "\n")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    log.info("trunk of %s (mAP %.3f on its own held-out identities) written to %s", run_dir, metrics["mAP"], out)
+    return out
+
+
+def _cli(args: argparse.Namespace) -> int:
+    try:
+        export_trunk(args.run, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add the ``export-trunk`` sub-command."""
+    p = subparsers.add_parser("export-trunk", help="keep the ResNet trunk of a pre-training run (make pretrain)",
+                              description="Write the stem and layer 4 of a finished run as a ResNet state dict "
+                              "that model.pretrained can load, with the run's record beside it.")
+    p.add_argument("--run", required=True, help="a finished run folder (configs/pretrain.yaml)")
+    p.add_argument("--out", required=True, help="the .pt file to write, e.g. results/pretrained/trunk.pt")
+    p.set_defaults(func=_cli)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-__all__ = ["glue_figure", "glue_table", "markdown_table"]
+__all__ = ["claim_verdict", "claims_table", "glue_figure", "glue_table", "markdown_table"]
 
 Format = str | Callable[[Any], str]
 
@@ -105,3 +105,47 @@ def glue_figure(name: str, fig: Any) -> None:
 
     glue(name, fig, display=False)
     plt.close(fig)
+
+
+#: Colours of a claim's verdict (GitHub's palette, readable on a white page), by strength.
+VERDICT_COLOURS = {"clear for": "#1a7f37", "for": "#4d7c0f", "against": "#bc4c00", "clear against": "#cf222e",
+                   "not run": "#6e7781"}
+
+
+def claim_verdict(holds: str, t: float, clear: float = 3.0) -> str:
+    """A claim's verdict as coloured inline HTML, from ``holds`` ("yes", "no", "not run") and its min Welch t.
+
+    Coloured by sign and size of ``t`` (green for, red against; darker when ``|t| >= clear``),
+    with a symbol and words so that it reads without colour too.
+    """
+    if holds == "not run":
+        kind, text = "not run", "– not run yet"
+    else:
+        strong = not math.isnan(t) and abs(t) >= clear
+        kind = ("clear " if strong else "") + ("for" if holds == "yes" else "against")
+        noise = "" if math.isnan(t) else " (clear)" if strong else " (within noise)"
+        text = ("✅ holds" if holds == "yes" else "❌ contradicted") + noise
+    return f'<span style="color:{VERDICT_COLOURS[kind]}">{text}</span>'
+
+
+def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float = 3.0) -> pd.DataFrame:
+    """The verdicts of :func:`canlib.analysis.judge_claims`, ready for :func:`glue_table`.
+
+    ``claims``: one ``judge_claims`` frame, or ``{grid label: frame}`` for several grids judged
+    on the same claims (e.g. ``{"before": ..., "now": ...}``). Returns one row per claim (index
+    ``claim``) with the paper's mAP, then per grid its mAP, min t (NaN: fewer than two seeds or
+    not run), seeds and verdict (:func:`claim_verdict`). Format with
+    ``{"min t": ".1f", "seeds": "d"}`` (prefixed by the grid's label for several grids).
+    """
+    grids = {"": claims} if isinstance(claims, pd.DataFrame) else dict(claims)
+    first = next(iter(grids.values()))
+    out = pd.DataFrame({"paper mAP %": first["paper mAP %"].to_numpy()}, index=pd.Index(first["claim"], name="claim"))
+    for label, frame in grids.items():
+        if list(frame["claim"]) != list(first["claim"]):
+            raise ValueError(f"claims_table: grid {label!r} judges other claims than the first grid")
+        prefix = f"{label}: " if label else ""
+        out[f"{prefix}mAP %"] = frame["proxy mAP %"].to_numpy()
+        out[f"{prefix}min t"] = frame["min t"].to_numpy(dtype=float)
+        out[f"{prefix}seeds"] = frame["min seeds"].to_numpy(dtype=int)
+        out[f"{prefix}verdict"] = [claim_verdict(h, t, clear) for h, t in zip(frame["proxy holds?"], frame["min t"])]
+    return out

@@ -40,6 +40,7 @@ __all__ = [
     "EMBED_BN_MODES",
     "EmbeddingNeck",
     "build_embedding",
+    "can_resnet50",
     "count_features",
 ]
 
@@ -332,3 +333,13 @@ class CAN(nn.Module):
         if self.training:
             return CANOutput(features=features, logits=self.forward_head(features), pre_bn=pre_bn)
         return self.descriptor(features)
+
+
+def can_resnet50(num_classes: int, pretrained: str | os.PathLike | None = None, **kwargs: Any) -> CAN:
+    """The paper's model: ResNet50 with a stride-1 layer 4, Part-1,3,5,7 with collaborative
+    attention, the 256-d shared embedding (16 features). ``kwargs`` override any :class:`CAN`
+    argument, e.g. ``parts=(1, 2, 3), collaborative=False`` for Table 2's MGN-like row."""
+    args: dict[str, Any] = dict(parts=(1, 3, 5, 7), collaborative=True, backbone="resnet50", last_stride=1,
+                                embed_dim=256, pooling="paper")
+    args.update(kwargs)
+    return CAN(num_classes, pretrained=pretrained, **args)

@@ -92,7 +92,8 @@ def test_trainer_with_the_cache_trains_on_the_same_batches(tiny_data, tmp_path):
     losses = {}
     for mode in ("none", "memory"):
         cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_data}", f"data.cache={mode}",
-                                                            "train.max_batches_per_epoch=1", "data.flip=true"])
+                                                            "train.max_batches_per_epoch=1", "data.flip=true",
+                                                            "data.verify_images=false"])
         trainer = Trainer(cfg, tmp_path / mode, device="cpu")
         losses[mode] = trainer.train_one_epoch(1)["loss_total"]
     assert losses["memory"] == losses["none"]

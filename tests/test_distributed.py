@@ -27,7 +27,8 @@ PIDS = [pid for pid in range(20) for _ in range(1 + pid % 9)]
 
 
 def _cfg(root: Path, *overrides: str) -> dict:
-    return load_config(SMOKE, [f"data.root={root}", "train.max_batches_per_epoch=1", *overrides])
+    return load_config(SMOKE, [f"data.root={root}", "train.max_batches_per_epoch=1", "data.verify_images=false",
+                               *overrides])
 
 
 def _first_step(trainer: Trainer) -> dict:

@@ -357,3 +357,19 @@ def test_market_names_must_match_whole(tmp_path):
     assert len(ds.train) == 2
     skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
     assert len(skipped) == 1 and "skipped 2 file(s)" in skipped[0] and "copy.jpg" in skipped[0]
+
+
+def test_a_loader_workers_error_becomes_its_own_message():
+    from torch._utils import ExceptionWrapper
+
+    from canlib.data import ImageReadError
+    from canlib.engine.trainer import error_line
+
+    try:
+        raise ImageReadError("cannot read image 'query/0001_c1s1_000001_00.jpg': truncated")
+    except ImageReadError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")  # what a worker sends back
+    with pytest.raises(ImageReadError) as info:
+        wrapped.reraise()
+    assert "Traceback" in str(info.value)
+    assert error_line(info.value) == "cannot read image 'query/0001_c1s1_000001_00.jpg': truncated"

@@ -282,3 +282,13 @@ def test_embedding_bn_none_returns_the_same_tensor_twice() -> None:
     assert torch.equal(out.pre_bn, out.features)
     with pytest.raises(ValueError, match="embed_bn"):
         slim_can(embed_bn="batch")
+
+
+def test_can_resnet50_builds_the_papers_model() -> None:
+    from canlib.model import can_resnet50
+
+    model = can_resnet50(751)
+    assert model.parts == (1, 3, 5, 7) and model.collaborative and model.num_features == 16
+    assert model.descriptor_dim == 4096 and model.output_stride == 16  # 384x128 -> 24x8 layer-4 maps
+    mgn_like = can_resnet50(751, parts=(1, 2, 3), collaborative=False)
+    assert mgn_like.num_features == 1 + 3 + 4

@@ -52,3 +52,46 @@ def test_a_missing_listed_source_is_named(package: Path) -> None:
     (package / "pooling.py").unlink()
     with pytest.raises(FileNotFoundError, match="pooling.py"):
         code_fingerprint(package)
+
+
+def test_module_fingerprints_name_the_module_that_changed(package: Path) -> None:
+    from canlib.engine.record import changed_modules, module_fingerprints
+
+    before = module_fingerprints(package)
+    assert set(before) == {p.relative_to(package).as_posix() for p in training_source_files(package)}
+    with (package / "model.py").open("a") as fh:
+        fh.write("\nEXTRA = 3\n")
+    after = module_fingerprints(package)
+    assert changed_modules({"code_modules": before}, after) == ["model.py"]
+    assert changed_modules({"code_modules": after}, after) == []
+    assert changed_modules({"git": {"commit": None}}, after) is None  # nothing to compare with
+
+
+def test_changed_modules_of_a_run_recorded_before_per_module_fingerprints() -> None:
+    from canlib.engine.record import _git, changed_modules, module_fingerprints, module_fingerprints_at
+
+    head = (_git("rev-parse", "HEAD") or "").strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    at_head = module_fingerprints_at(head)
+    assert at_head is not None and set(at_head) <= set(module_fingerprints()) | set(at_head)
+    # A record with only a commit (the first grid's run.json) is compared through git.
+    assert changed_modules({"git": {"commit": head}}, at_head) == []
+    assert module_fingerprints_at("0" * 40) is None  # an unknown commit: cannot tell
+
+
+def test_freshness_of_a_recorded_run(tmp_path: Path) -> None:
+    import json
+
+    from canlib.engine.ablation import freshness
+    from canlib.engine.record import code_fingerprint, module_fingerprints
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert freshness(run) == "unknown"  # no run.json
+    current = {"code_fingerprint": code_fingerprint(), "code_modules": module_fingerprints()}
+    (run / "run.json").write_text(json.dumps(current))
+    assert freshness(run) == ""
+    stale = {"code_fingerprint": "0" * 12, "code_modules": {**module_fingerprints(), "losses.py": "x"}}
+    (run / "run.json").write_text(json.dumps(stale))
+    assert freshness(run) == "losses.py"

@@ -109,6 +109,7 @@ def load_records(
     never recorded are left out, so a reader sees what exists and how fresh it is.
     """
     fingerprint = code_fingerprint()
+    current = (fingerprint, module_fingerprints())
     out = []
     for row in rows if rows is not None else ablation_rows():
         for seed in seeds:
@@ -119,32 +120,27 @@ def load_records(
             key = config_hash(cfg)
             out.append({"table": row.table, "row": row.label, "seed": seed, "run": key,
                         "current": metrics["code_fingerprint"] == fingerprint, "commit": metrics["commit"],
-                        "changed": freshness(Path(results_dir) / key),
+                        "changed": freshness(Path(results_dir) / key, current),
                         **{k: metrics[k] for k in METRIC_KEYS if k in metrics}})
     return out
 
 
-def freshness(run_dir: str | Path) -> str:
+def freshness(run_dir: str | Path, current: tuple[str, dict[str, str]] | None = None) -> str:
     """Which training modules changed since a recorded run: ``""`` when none (a current run),
-    a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told."""
+    a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told.
+
+    ``current``: the checkout's ``(code_fingerprint(), module_fingerprints())``, when the
+    caller checks many runs (computed here otherwise).
+    """
+    fingerprint, modules = current if current is not None else (code_fingerprint(), module_fingerprints())
     try:
         record = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         return "unknown"
-    if record.get("code_fingerprint") == code_fingerprint():
+    if record.get("code_fingerprint") == fingerprint:
         return ""
-    changed = changed_modules(record, _current_modules())
+    changed = changed_modules(record, modules)
     return "unknown" if changed is None else ", ".join(changed)
-
-
-_MODULES_CACHE: dict[str, dict[str, str]] = {}
-
-
-def _current_modules() -> dict[str, str]:
-    fingerprint = code_fingerprint()
-    if fingerprint not in _MODULES_CACHE:
-        _MODULES_CACHE[fingerprint] = module_fingerprints()
-    return _MODULES_CACHE[fingerprint]
 
 
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -155,8 +151,9 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     results_dir = Path(results_dir)
     frame = pd.read_csv(results_dir / "runs.csv", dtype={"run": str})
     records = frame.to_dict("records")
+    current = (code_fingerprint(), module_fingerprints())
     for rec in records:
-        rec["changed"] = freshness(results_dir / rec["run"])
+        rec["changed"] = freshness(results_dir / rec["run"], current)
         rec["current"] = rec["changed"] == ""
     return records
 

@@ -54,13 +54,19 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _refusal(exc: pickle.UnpicklingError) -> str:
-    """The first line of a weights-only refusal, e.g. the global it would have called."""
-    text = str(exc)
-    for line in text.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip()
-    return text.splitlines()[-1].strip() if text.strip() else type(exc).__name__
+def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
+    """Why weights-only loading refused ``path``: the globals it would have called, in one line."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip file (a raw pickle): the refusal's own words
+        names = []
+    if names and all(n.startswith("numpy.") for n in names):
+        return (f"{path}: holds NumPy objects ({', '.join(names)}): a checkpoint written before canlib stored "
+                "RNG states as tensors; weights-only loading refuses it, so retrain the run")
+    detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+    what = f"it would call {', '.join(names)}" if names else detail or type(exc).__name__
+    return (f"{path}: refused: the file holds objects other than tensors and plain data, which a checkpoint "
+            f"never does (tampered, or not written by canlib): {what}")
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -79,10 +85,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused: the file holds objects other than tensors and plain data, which a "
-            f"checkpoint never does (tampered, or not written by canlib): {_refusal(exc)}"
-        ) from None
+        raise CheckpointError(_refusal(path, exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or not a PyTorch file ({first})") from None

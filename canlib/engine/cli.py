@@ -134,6 +134,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``evaluate`` sub-commands."""
+    from canlib.data.datasets import DATASETS
+
     p = subparsers.add_parser(
         "train",
         help="train CAN with a profile from configs/",
@@ -164,7 +166,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--run", required=True, help="a run folder written by `train`")
     e.add_argument("--checkpoint", help=f"a checkpoint or exported weights file (default: RUN/{CHECKPOINT})")
     e.add_argument("--dataset", help="evaluate on another data set's query/gallery (cross-data set; needs "
-                   "--data-root): market1501, dukemtmc, cuhk03np, msmt17, synthetic, folder")
+                   f"--data-root): {', '.join(sorted(DATASETS))}")
     e.add_argument("--data-root", help="the target data set's root (or the run's own, if it moved since training)")
     e.add_argument("--device", default="auto")
     e.add_argument("--metric", choices=["cosine", "euclidean", "sqeuclidean"])

@@ -5,7 +5,9 @@ feature or one shared, squared or plain distances, the cosine scale, the margin)
 calibration of the CPU proxy (learning rate and step positions) is decided here, on identities
 held out from the *training* split (``data.val_ids``); the test split is never read.
 
-The stages run in order; each compares its options with the choices already made and keeps
+The stages run in order, the one the grid's verdicts depend on most first (the neck: the
+collapse of the first grid), then the learning rate, the scale and the margin; each compares
+its options with the choices already made and keeps
 one by :func:`decide`, a rule written down before any run: the option with the best mean
 validation mAP replaces the stage's default only when it beats the default by more than
 :data:`TIE_POINTS` mAP points *and* by more than the seed-to-seed spread; otherwise the default
@@ -69,15 +71,6 @@ def _opt(label: str, *overrides: str, reference: bool = False) -> Option:
 #: The stages, in the order they run. Fixed before any decision run (see the module docstring).
 STAGES: tuple[Stage, ...] = (
     Stage(
-        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 16 epochs (steps at 42/58/75 %)",
-        "lr 3e-4",
-        "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 7/9/12 of 16)",
-        (
-            _opt("lr 3e-4", "optim.lr=3.0e-4", "optim.milestones=[7, 9, 12]"),
-            _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[7, 9, 12]"),
-        ),
-    ),
-    Stage(
         "neck", "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
         "post-BN, shared BN, squared",
         "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
@@ -87,13 +80,20 @@ STAGES: tuple[Stage, ...] = (
                  "loss.triplet_squared=true"),
             _opt("post-BN, shared BN, plain", "loss.clustering_input=post_bn", "model.embed_bn=shared",
                  "loss.triplet_squared=false"),
-            _opt("BNNeck, shared BN, squared", "loss.clustering_input=pre_bn", "model.embed_bn=shared",
-                 "loss.triplet_squared=true"),
             _opt("BNNeck, shared BN, plain", "loss.clustering_input=pre_bn", "model.embed_bn=shared",
                  "loss.triplet_squared=false"),
             _opt("BNNeck, BN per feature, plain", "loss.clustering_input=pre_bn", "model.embed_bn=per_feature",
                  "loss.triplet_squared=false"),
             _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
+        ),
+    ),
+    Stage(
+        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 16 epochs (steps at 42/58/75 %)",
+        "lr 3e-4",
+        "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 7/9/12 of 16)",
+        (
+            _opt("lr 3e-4", "optim.lr=3.0e-4", "optim.milestones=[7, 9, 12]"),
+            _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[7, 9, 12]"),
         ),
     ),
     Stage(
@@ -178,6 +178,7 @@ def run_decisions(
     """Run the stages in order (reusing recorded runs) and write ``decisions.json``."""
     chosen: list[str] = []
     decisions: list[Decision] = []
+    out = Path(results_dir) / "decisions.json"
     for stage in stages:
         records = run_grid(profile, data_root, stage_rows(stage, chosen), seeds, results_dir, runs_dir,
                            device=device, jobs=jobs, any_code=True)
@@ -185,10 +186,11 @@ def run_decisions(
         log.info("stage %s: %s (%s)", stage.name, decision.chosen, decision.reason)
         decisions.append(decision)
         chosen += stage.option(decision.chosen).overrides
-    out = Path(results_dir) / "decisions.json"
-    out.write_text(json.dumps({"validation": list(VALIDATION), "seeds": list(seeds), "tie_points": TIE_POINTS,
-                               "chosen_overrides": chosen, "decisions": [asdict(d) for d in decisions]},
-                              indent=1) + "\n")
+        # written after every stage: an interrupted sequence still records what it decided
+        out.write_text(json.dumps({
+            "validation": list(VALIDATION), "seeds": list(seeds), "tie_points": TIE_POINTS,
+            "complete": len(decisions) == len(stages), "stages": [s.name for s in stages],
+            "chosen_overrides": chosen, "decisions": [asdict(d) for d in decisions]}, indent=1) + "\n")
     return decisions
 
 

@@ -48,8 +48,12 @@ class ExportError(ValueError):
     """The ONNX file cannot be written (missing optional packages, an unwritable place)."""
 
 
-class ParityError(AssertionError):
-    """ONNX Runtime's descriptors or metrics differ from PyTorch's beyond the bounds."""
+class ParityError(RuntimeError):
+    """ONNX Runtime's descriptors or metrics differ from PyTorch's beyond the bounds (``report``: the numbers)."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = dict(report or {})
 
 
 def require_onnx() -> None:
@@ -185,7 +189,7 @@ def check_parity(report: dict[str, Any], max_abs_diff: float = MAX_ABS_DIFF, min
         if not abs(report[f"{key}_torch"] - report[f"{key}_onnx"]) <= METRIC_TOL:
             problems.append(f"{key} {report[f'{key}_torch']:.6f} (PyTorch) != {report[f'{key}_onnx']:.6f} (ONNX)")
     if problems:
-        raise ParityError(f"ONNX parity check failed for {report['onnx']}: " + "; ".join(problems))
+        raise ParityError(f"ONNX parity check failed for {report['onnx']}: " + "; ".join(problems), report)
 
 
 def export_run(
@@ -202,13 +206,14 @@ def export_run(
     from canlib.engine.evaluate import build_eval_loaders
     from canlib.engine.weights import model_from_checkpoint, read_run_config
 
+    require_onnx()  # missing packages, an unwritable place and a wrong data root fail before any work
     cfg = read_run_config(run_dir)
-    _check_writable(Path(dest)).unlink()  # an unwritable place fails before any work
+    _check_writable(Path(dest)).unlink()
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
     model, meta = model_from_checkpoint(cfg, ckpt)
-    loaders = build_eval_loaders(cfg)[1:] if check else None  # a wrong data root fails before the export
+    loaders = build_eval_loaders(cfg)[1:] if check else None
     d = cfg["data"]
     info = {"source_run": str(run_dir), "checkpoint": str(ckpt), "epoch": str(meta.get("epoch")),
             "input": f"RGB float32, {d['height']}x{d['width']}, " + ("ImageNet mean/std" if d["normalize"] else "[0, 1]"),
@@ -222,9 +227,5 @@ def export_run(
         log.info("ONNX parity on %d images: max abs diff %.3g, min cosine %.7f, mAP %.6f (PyTorch) %.6f (ONNX)",
                  report["images"], report["max_abs_diff"], report["min_cosine"], report["mAP_torch"],
                  report["mAP_onnx"])
-        try:
-            check_parity(report)
-        except ParityError as exc:
-            exc.report = report  # type: ignore[attr-defined]
-            raise
+        check_parity(report)
     return report

@@ -9,6 +9,7 @@ models it shows), and :func:`load_trained` rebuilds the model from it, in evalua
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -113,7 +114,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     return model.float().to(device).eval(), meta
 
 
-def _runs_to_export(args) -> list[Path]:
+def _runs_to_export(args: argparse.Namespace) -> list[Path]:
     """The run folders named by ``--run`` and ``--row``; ``ValueError`` naming a bad argument."""
     runs: list[Path] = [Path(r) for r in args.run or []]
     if args.row:
@@ -134,13 +135,13 @@ def _runs_to_export(args) -> list[Path]:
     return runs
 
 
-def _export_onnx(args, run: Path) -> int:
+def _export_onnx(args: argparse.Namespace, run: Path) -> int:
     from canlib.engine.onnx_export import ParityError, export_run
 
     try:
         report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
     except ParityError as exc:
-        print(json.dumps(getattr(exc, "report", {}), indent=2))
+        print(json.dumps(exc.report, indent=2))
         log.error("%s", exc)
         return 1
     print(json.dumps(report, indent=2))
@@ -148,7 +149,7 @@ def _export_onnx(args, run: Path) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     from canlib.engine.cli import EXIT_BAD_INPUT
 
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]

@@ -1,4 +1,4 @@
-"""Chapters import canlib and never redefine it: no `def` of a name canlib exports, no reaching into benchmarks/ or tests/."""
+"""Chapters import canlib, never redefine it: no `def` of a canlib export, no imports from benchmarks/ or tests/."""
 
 from __future__ import annotations
 

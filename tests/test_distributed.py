@@ -41,7 +41,8 @@ def _first_step(trainer: Trainer) -> dict:
     total.backward()
     params = {**dict(trainer.model.named_parameters()), **{f"loss.{k}": v for k, v in trainer.loss.named_parameters()}}
     return {"total": float(total.detach()), "terms": terms, "shard": len(pids),
-            "grads": {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None}}
+            "grads": {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None},
+            "buffers": {k: b.clone() for k, b in trainer.model.named_buffers() if b.is_floating_point()}}
 
 
 def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
@@ -80,6 +81,8 @@ def test_two_processes_match_one_on_the_same_global_batch(ddp_results, tiny_data
         assert r["grads"].keys() == one["grads"].keys()
         for name, g in one["grads"].items():  # float tolerance, relative to the tensor's largest entry
             assert (r["grads"][name] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, name
+        for name, b in one["buffers"].items():  # synchronised BN: the one-process running statistics
+            torch.testing.assert_close(r["buffers"][name], b, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_interrupted_two_process_run_resumes_exactly(ddp_results):

@@ -118,6 +118,13 @@ def test_a_folder_holding_a_run_is_refused_and_left_intact(tiny_data, run_copy, 
     assert snapshot(run_copy) == before
 
 
+def test_overwrite_replaces_the_run(tiny_data, run_copy, caplog, stand_ins):
+    code, errors = cli(caplog, *train_args(tiny_data, run_copy, flags=("--overwrite",)))
+    assert code == 0, errors
+    assert [json.loads(x)["loss_total"] for x in (run_copy / "log.jsonl").read_text().splitlines()] == [1.0]
+    assert json.loads((run_copy / "metrics.json").read_text())["mAP"] == 0.5  # the stand-in's
+
+
 def test_checks_come_before_the_first_write(tiny_data, tmp_path, caplog, monkeypatch):
     out = tmp_path / "new-run"
     code, errors = cli(caplog, *train_args(tiny_data, out, "model.parts=[1,5]", "data.height=40"))
@@ -260,6 +267,7 @@ def test_a_corrupt_query_image_stops_the_run_before_training(data_copy, tmp_path
     code, errors = cli(caplog, *train_args(data_copy, tmp_path / "run"))
     one_line(code, errors, bad.name, "data.verify_images")
     assert not (tmp_path / "run" / CHECKPOINT).exists()
+    Trainer(tiny_cfg(data_copy, "data.verify_images=false"), tmp_path / "run", device="cpu")  # the check skipped
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])

@@ -10,6 +10,12 @@ An output folder holds::
 
 A non-finite loss stops training with :class:`TrainingDiverged`; the checkpoint on disk
 is then still the one written at the end of the last good epoch.
+
+Nothing is lost to a failure: a folder holding a run is refused without ``--resume`` or
+``--overwrite``; the input size, the output folder and every image are checked before the
+first write; each epoch's log line is written before its checkpoint (a resume drops lines
+past the checkpoint's epoch); a failed final evaluation or Ctrl-C keeps the checkpoint and
+the message says how to continue.
 """
 
 from __future__ import annotations

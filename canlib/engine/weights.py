@@ -5,11 +5,14 @@ RNG states so that a run can resume exactly; a reader who only wants to look at 
 model needs the network's weights and the configuration that built it. :func:`export_weights`
 writes that smaller file (optionally in half precision, which is how the book stores the
 models it shows), and :func:`load_trained` rebuilds the model from it, in evaluation mode.
+Every file is read with ``weights_only=True`` (:mod:`canlib.engine.checkpoint`). The ``export``
+command also writes ONNX (``--onnx``, :mod:`canlib.engine.onnx_export`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from canlib.config import load_config
+from canlib.config import DEFAULTS, _merge, load_config
 from canlib.engine.build import build_model
 from canlib.engine.checkpoint import (
     CHECKPOINT,
@@ -106,7 +109,9 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     payload = load_checkpoint(path)
     if payload.get("format") != FORMAT or not isinstance(payload.get("config"), dict):
         raise CheckpointError(f"{path}: not an exported weights file of format {FORMAT}")
-    cfg = payload["config"]
+    # A file exported before a configuration key existed lacks it: the key's default applies
+    # (defaults of new keys keep the old behaviour), as load_config does for a run's config.yaml.
+    cfg = _merge(copy.deepcopy(DEFAULTS), payload["config"])
     cfg = {**cfg, "model": {**cfg["model"], "pretrained": None}}
     model = build_model(cfg, int(payload["num_classes"]))
     load_model_state(model, payload["model"], path)

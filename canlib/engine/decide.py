@@ -88,12 +88,12 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 16 epochs (steps at 42/58/75 %)",
+        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 8 epochs (steps at 42/58/75 %)",
         "lr 3e-4",
-        "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 7/9/12 of 16)",
+        "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 3/5/6 of 8)",
         (
-            _opt("lr 3e-4", "optim.lr=3.0e-4", "optim.milestones=[7, 9, 12]"),
-            _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[7, 9, 12]"),
+            _opt("lr 3e-4", "optim.lr=3.0e-4", "optim.milestones=[3, 5, 6]"),
+            _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[3, 5, 6]"),
         ),
     ),
     Stage(

@@ -198,7 +198,7 @@ class CenterLoss(nn.Module):
     With ``squared=True`` the gradient w.r.t. x_i is (x_i - c_{y_i}) / B.
 
     Updating the centres: NOT with the network's optimiser. As in the strong-baseline
-    recipe, the centres get their own SGD (:meth:`build_optimizer`, lr 0.5), and before
+    recipe, the centres get their own SGD (:func:`center_optimizer`, lr 0.5), and before
     stepping it the training loop calls :func:`rescale_center_grads` with the loss weight
     lambda, so that the centres move at the same speed whatever lambda is (the weighted
     loss scales their gradient by lambda; the rescale undoes that).
@@ -230,17 +230,14 @@ class CenterLoss(nn.Module):
         dist = sq if self.squared else sq.clamp(min=SQRT_EPS).sqrt()
         return reduce_features(0.5 * dist.mean(0), self.feature_reduction)
 
-    def build_optimizer(self, lr: float = 0.5) -> torch.optim.Optimizer:
-        """Plain SGD over the centres (strong-baseline recipe: lr 0.5)."""
-        return torch.optim.SGD(self.parameters(), lr=lr)
-
 
 def _center_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [m.centers for m in module.modules() if isinstance(m, CenterLoss)]
 
 
 def center_optimizer(center_loss: nn.Module, lr: float = 0.5) -> torch.optim.Optimizer:
-    """SGD over the centres of ``center_loss`` (a :class:`CenterLoss` or a :class:`CANLoss`)."""
+    """The centres' own SGD (strong-baseline recipe: lr 0.5), over the centres of ``center_loss``
+    (a :class:`CenterLoss` or a :class:`CANLoss`): the one way to build it."""
     params = _center_parameters(center_loss)
     if not params:
         raise ValueError("this loss has no centres (center_weight is 0): no centre optimiser to build")
@@ -353,10 +350,6 @@ class CANLoss(nn.Module):
             terms["center"] = float(cen.detach())
         terms["total"] = float(total.detach())
         return total, terms
-
-    def center_optimizer(self, lr: float = 0.5) -> torch.optim.Optimizer:
-        """The centres' own SGD (see :class:`CenterLoss`)."""
-        return center_optimizer(self, lr)
 
     def rescale_center_grads(self, grad_scale: float = 1.0) -> None:
         """:func:`rescale_center_grads` with this loss's ``center_weight`` (no-op without centres)."""

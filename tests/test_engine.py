@@ -68,9 +68,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     real_forward = trainer.loss.forward
     calls = {"n": 0}
 
-    def poisoned(features, logits, pids):
+    def poisoned(features, logits, pids, pre_bn=None):
         calls["n"] += 1
-        total, terms = real_forward(features, logits, pids)
+        total, terms = real_forward(features, logits, pids, pre_bn=pre_bn)
         if calls["n"] > 2:  # epoch 2, first step (two steps per epoch in the smoke profile)
             total = total * float("nan")
         return total, terms

@@ -126,7 +126,7 @@ def test_center_gradient_rescale_makes_lr_independent_of_weight():
     ref.load_state_dict(loss.state_dict())
     ref(X, PIDS).backward()
     torch.testing.assert_close(loss.centers.grad, ref.centers.grad)
-    opt = loss.build_optimizer()
+    opt = center_optimizer(loss)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.5
     assert center_optimizer(loss, lr=0.1).param_groups[0]["lr"] == 0.1
 
@@ -208,7 +208,7 @@ def test_gradients_flow_to_features_logits_and_centres():
     total.backward()
     assert feats.grad.abs().sum() > 0 and logits.grad.abs().sum() > 0
     assert loss.center.centers.grad.abs().sum() > 0
-    opt = loss.center_optimizer()
+    opt = center_optimizer(loss)
     before = loss.center.centers.detach().clone()
     loss.rescale_center_grads()
     opt.step()

@@ -145,8 +145,7 @@ def test_the_cpu_profile_holds_what_the_validation_runs_chose():
     decisions = ROOT / "results" / "decisions" / "decisions.json"
     if not decisions.is_file():
         pytest.skip("no decisions recorded yet (make decide)")
-    if not json.loads(decisions.read_text())["complete"]:
-        pytest.skip("the decision stages have not all run yet (make decide)")
+    # holds for the stages decided so far too: the profile never runs ahead of, or against, them
     cfg = load_config(CPU)
     chosen = load_config(CPU, decide_mod.chosen_overrides(decisions))
     assert config_hash(cfg) == config_hash(chosen), "configs/cpu.yaml differs from results/decisions"

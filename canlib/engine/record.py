@@ -59,6 +59,8 @@ TRAINING_SOURCES: tuple[str, ...] = (
     "engine/build.py",
     "engine/trainer.py",
     "engine/evaluate.py",
+    "engine/distributed.py",
+    "engine/checkpoint.py",
 )
 
 

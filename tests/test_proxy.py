@@ -149,3 +149,16 @@ def test_the_cpu_profile_holds_what_the_validation_runs_chose():
     cfg = load_config(CPU)
     chosen = load_config(CPU, decide_mod.chosen_overrides(decisions))
     assert config_hash(cfg) == config_hash(chosen), "configs/cpu.yaml differs from results/decisions"
+
+
+def test_a_stage_sees_the_later_stages_defaults_whatever_the_profile_holds():
+    # cpu.yaml holds every choice made; rerunning an early stage must not see the later ones,
+    # or `make decide` on a fresh clone would train the early stages again in another context
+    stages = decide_mod.STAGES
+    later_keys = {x.split("=")[0] for s in stages[1:] for o in s.options for x in o.overrides}
+    shifted = [f"{k}=7" if "milestones" not in k else f"{k}=[1, 2, 3]" for k in sorted(later_keys)]
+    for row in decide_mod.stage_rows(stages[0], [], decide_mod.pending_defaults(stages, 0)):
+        plain = load_config(CPU, list(row.overrides))
+        moved = load_config(CPU, shifted + list(row.overrides))
+        assert config_hash(plain) == config_hash(moved), row.label
+    assert decide_mod.pending_defaults(stages, len(stages) - 1) == []

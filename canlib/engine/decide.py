@@ -160,9 +160,20 @@ def _nan0(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-def stage_rows(stage: Stage, chosen: Sequence[str]) -> list[Row]:
-    """The stage's options as grid rows on top of the validation split and the earlier choices."""
-    return [Row(stage.name, o.label, VALIDATION + tuple(chosen) + o.overrides) for o in stage.options]
+def stage_rows(stage: Stage, chosen: Sequence[str], pending: Sequence[str] = ()) -> list[Row]:
+    """The stage's options as grid rows on top of the validation split and the earlier choices.
+
+    ``pending`` holds the defaults of the stages still to run: the profile already holds every
+    choice (``configs/cpu.yaml`` is the base plus :func:`chosen_overrides`), so a stage must set
+    the later stages' defaults itself to see what it saw when it first ran.
+    """
+    return [Row(stage.name, o.label, VALIDATION + tuple(chosen) + tuple(pending) + o.overrides)
+            for o in stage.options]
+
+
+def pending_defaults(stages: Sequence[Stage], index: int) -> list[str]:
+    """The default options' overrides of every stage after ``stages[index]``."""
+    return [x for s in stages[index + 1:] for x in s.option(s.default).overrides]
 
 
 def run_decisions(
@@ -179,8 +190,9 @@ def run_decisions(
     chosen: list[str] = []
     decisions: list[Decision] = []
     out = Path(results_dir) / "decisions.json"
-    for stage in stages:
-        records = run_grid(profile, data_root, stage_rows(stage, chosen), seeds, results_dir, runs_dir,
+    for index, stage in enumerate(stages):
+        rows = stage_rows(stage, chosen, pending_defaults(stages, index))
+        records = run_grid(profile, data_root, rows, seeds, results_dir, runs_dir,
                            device=device, jobs=jobs, any_code=True)
         decision = decide(stage, records)
         log.info("stage %s: %s (%s)", stage.name, decision.chosen, decision.reason)

@@ -66,11 +66,15 @@ def main() -> int:
         and np.array_equal(result["cmc"], ref["cmc"])
     )
     ratio = t_eval / t_sort
-    print(f"problem: {distmat.shape[0]} x {distmat.shape[1]} float32, {size['num_ids']} ids, "
-          f"{size['num_cams']} cameras, {int((p['g_pids'] == -1).sum())} junk, "
-          f"{int((p['g_pids'] == 0).sum())} distractors; torch threads {torch.get_num_threads()}")
-    print(f"result: mAP {result['mAP']:.4f}  mINP {result['mINP']:.4f}  rank-1 {result['cmc'][0]:.4f}  "
-          f"rank-5 {result['cmc'][4]:.4f}  valid queries {result['num_valid_queries']}")
+    print(
+        f"problem: {distmat.shape[0]} x {distmat.shape[1]} float32, {size['num_ids']} ids, "
+        f"{size['num_cams']} cameras, {int((p['g_pids'] == -1).sum())} junk, "
+        f"{int((p['g_pids'] == 0).sum())} distractors; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"result: mAP {result['mAP']:.4f}  mINP {result['mINP']:.4f}  rank-1 {result['cmc'][0]:.4f}  "
+        f"rank-5 {result['cmc'][4]:.4f}  valid queries {result['num_valid_queries']}"
+    )
     print(f"np.argsort(distmat, axis=1)          {t_sort:8.3f} s  (best of {args.repeats})")
     print(f"reference_evaluate (stable argsort)  {t_stable:8.3f} s  (reference only, 1 run)")
     print(f"canlib.metrics.evaluate              {t_eval:8.3f} s  (best of {args.repeats})")

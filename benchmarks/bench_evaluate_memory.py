@@ -100,15 +100,21 @@ def main() -> int:
             del block
     wall_distances = time.perf_counter() - t
 
-    print(f"problem: {size['num_query']} x {size['num_gallery']}, {size['num_ids']} ids, {size['num_cams']} cameras, "
-          f"dim {args.dim}, chunk_size {args.chunk_size}, torch threads {torch.get_num_threads()}")
-    print(f"result: mAP {result['mAP']:.4f}  mINP {result['mINP']:.4f}  rank-1 {result['cmc'][0]:.4f}  "
-          f"valid queries {result['num_valid_queries']}")
+    print(
+        f"problem: {size['num_query']} x {size['num_gallery']}, {size['num_ids']} ids, {size['num_cams']} cameras, "
+        f"dim {args.dim}, chunk_size {args.chunk_size}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"result: mAP {result['mAP']:.4f}  mINP {result['mINP']:.4f}  rank-1 {result['cmc'][0]:.4f}  "
+        f"valid queries {result['num_valid_queries']}"
+    )
     print(f"wall time                         {wall:8.2f} s")
     print(f"  of which distance blocks alone  {wall_distances:8.2f} s (cosine matmul, measured separately)")
     print(f"full float32 matrix would need    {full_matrix / BYTES_PER_GIB:8.2f} GiB ({full_matrix / 1e9:.2f} GB)")
     since = "during evaluate_features" if reset else "whole process, could not reset the mark"
-    print(f"peak RSS ({since})  {rss_after / BYTES_PER_GIB:.2f} GiB; RSS before it {rss_before / BYTES_PER_GIB:.2f} GiB")
+    print(
+        f"peak RSS ({since})  {rss_after / BYTES_PER_GIB:.2f} GiB; RSS before it {rss_before / BYTES_PER_GIB:.2f} GiB"
+    )
     print(f"peak RSS growth while evaluating  {(rss_after - rss_before) / BYTES_PER_GIB:8.2f} GiB")
     print(f"tracemalloc peak (NumPy buffers)  {traced_peak / BYTES_PER_GIB:8.2f} GiB")
     return 0

@@ -47,11 +47,22 @@ def rate(loader: Iterable, batches: int, device: torch.device) -> float:
 
 def loaders(dataset, args, device: torch.device, mode: str, workers: int):
     augment = dict(flip=args.augment, random_erasing=0.5 if args.augment else 0.0)
-    files = build_train_loader(dataset, args.height, args.width, p=8, k=4, seed=0, num_workers=workers,
-                               epoch="images", pin_memory=device.type == "cuda", **augment)
+    files = build_train_loader(
+        dataset,
+        args.height,
+        args.width,
+        p=8,
+        k=4,
+        seed=0,
+        num_workers=workers,
+        epoch="images",
+        pin_memory=device.type == "cuda",
+        **augment,
+    )
     batches = PKSampler([pid for _, pid, _ in dataset.train], p=8, k=4, seed=0, epoch="images")
-    cached = CachedTrainLoader(dataset.train, batches, BatchAugment(args.height, args.width, **augment), mode,
-                               device, num_workers=workers)
+    cached = CachedTrainLoader(
+        dataset.train, batches, BatchAugment(args.height, args.width, **augment), mode, device, num_workers=workers
+    )
     return files, cached
 
 
@@ -84,8 +95,10 @@ def main() -> None:
             root = Path(tmp) / "synthetic"
             make_synthetic(root, ids=60, seed=0)
         dataset = load_dataset(args.dataset, root)
-        print(f"{len(dataset.train)} training images at {args.height}x{args.width}, batches of 32 (8x4), "
-              f"device {device}, {args.workers} file-loader workers, augmentation {'on' if args.augment else 'off'}")
+        print(
+            f"{len(dataset.train)} training images at {args.height}x{args.width}, batches of 32 (8x4), "
+            f"device {device}, {args.workers} file-loader workers, augmentation {'on' if args.augment else 'off'}"
+        )
         files, _ = loaders(dataset, args, device, "memory", args.workers)
         results = {"file loader": rate(files, args.batches, device)}
         for mode in ("memory", "device") if device.type == "cuda" else ("memory",):
@@ -97,8 +110,10 @@ def main() -> None:
             print(f"cache ({mode}) built in {build:.1f} s ({len(dataset.train) / build:.0f} images/s, once)")
         for name, value in results.items():
             print(f"{name:<16} {value:10.1f} images/s  ({value / results['file loader']:.2f} x file loader)")
-        print(f"identical first batch (file loader, no workers, vs cache; same seed): "
-              f"{identical_first_batch(dataset, args, device)}")
+        print(
+            f"identical first batch (file loader, no workers, vs cache; same seed): "
+            f"{identical_first_batch(dataset, args, device)}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def windows(map_height: int) -> str:
 
 def step_seconds(model: CAN, height: int, width: int, steps: int) -> float:
     """Median seconds of one training step (forward, CE + triplet, backward, Adam) at batch 32."""
-    loss = CANLoss(10, model.embed_dim, model.num_features, model.global_indices, model.local_indices,
-                   **LOSS_ROWS["CE + triplet"])
+    loss = CANLoss(
+        10, model.embed_dim, model.num_features, model.global_indices, model.local_indices, **LOSS_ROWS["CE + triplet"]
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(32, 3, height, width)
     y = torch.arange(8).repeat_interleave(4)
@@ -81,19 +82,33 @@ def main() -> None:
             map_h = model.feature_maps(torch.zeros(1, 3, h, w))["part1"].shape[-2]
             flops, _ = forward_flops(model.eval(), torch.zeros(1, 3, h, w))
             sec = step_seconds(model.train(), h, w, args.steps)
-            rows.append({"candidate": name, "parts": list(parts), "input": [h, w], "layer3_stride": l3,
-                         "channels": kwargs["channels"], "map_rows": map_h, "windows": windows(map_h),
-                         "params_M": round(count_parameters(model) / 1e6, 3), "gflops_per_image": round(flops / 1e9, 3),
-                         "step_s_batch32_1thread": round(sec, 3)})
-            print(f"{name:38s} parts {str(parts):16s} map rows {map_h:2d}  {rows[-1]['windows']:38s} "
-                  f"{rows[-1]['gflops_per_image']:6.3f} GFLOP/img  {sec:6.3f} s/step")
+            rows.append(
+                {
+                    "candidate": name,
+                    "parts": list(parts),
+                    "input": [h, w],
+                    "layer3_stride": l3,
+                    "channels": kwargs["channels"],
+                    "map_rows": map_h,
+                    "windows": windows(map_h),
+                    "params_M": round(count_parameters(model) / 1e6, 3),
+                    "gflops_per_image": round(flops / 1e9, 3),
+                    "step_s_batch32_1thread": round(sec, 3),
+                }
+            )
+            print(
+                f"{name:38s} parts {str(parts):16s} map rows {map_h:2d}  {rows[-1]['windows']:38s} "
+                f"{rows[-1]['gflops_per_image']:6.3f} GFLOP/img  {sec:6.3f} s/step"
+            )
     base = {r["parts"][-1]: r["step_s_batch32_1thread"] for r in rows if r["candidate"].startswith("v1")}
     for r in rows:
         r["step_ratio_vs_v1"] = round(r["step_s_batch32_1thread"] / base[r["parts"][-1]], 2)
         print(f"ratio to v1  {r['candidate']:38s} parts {str(tuple(r['parts'])):16s} {r['step_ratio_vs_v1']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": torch.__config__.parallel_info().splitlines()[0],
-                                          "threads": 1, "rows": rows}, indent=1) + "\n")
+    Path(args.out).write_text(
+        json.dumps({"machine": torch.__config__.parallel_info().splitlines()[0], "threads": 1, "rows": rows}, indent=1)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

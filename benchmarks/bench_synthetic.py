@@ -17,8 +17,9 @@ from canlib.data.synthetic_identity import make_identities
 
 def bench_render(cfg: SyntheticConfig, n: int) -> float:
     """Images per second for drawing alone (no JPEG, no disk), one core."""
-    identities, groups = make_identities(list(range(1, cfg.ids + 1)), cfg.seed, cfg.hard_negative_fraction,
-                                         cfg.group_size)
+    identities, groups = make_identities(
+        list(range(1, cfg.ids + 1)), cfg.seed, cfg.hard_negative_fraction, cfg.group_size
+    )
     specs = plan_images(cfg, *split_ids(cfg, groups))[:n]
     renderer = Renderer(cfg, {i.pid: i for i in identities}, make_cameras(cfg.cameras, cfg.seed))
     start = time.perf_counter()
@@ -37,13 +38,16 @@ def main() -> None:
     cfg = SyntheticConfig(ids=args.ids, height=args.height, width=args.width)
     print(f"drawing only ({args.height}x{args.width}, 1 core): {bench_render(cfg, 1000):.0f} images/s")
     with tempfile.TemporaryDirectory() as tmp:
-        stats = make_synthetic(Path(tmp) / "s", ids=args.ids, height=args.height, width=args.width,
-                               workers=args.workers)
+        stats = make_synthetic(
+            Path(tmp) / "s", ids=args.ids, height=args.height, width=args.width, workers=args.workers
+        )
         size = sum(p.stat().st_size for p in (Path(tmp) / "s").rglob("*") if p.is_file())
-    print(f"make_synthetic --ids {args.ids} --workers {args.workers}: {stats['files_total']} images "
-          f"({stats['train_images']} train, {stats['query_images']} query, "
-          f"{stats['gallery_images'] + stats['gallery_junk']} gallery incl. junk), {size / 2**20:.1f} MiB, "
-          f"{stats['seconds']:.1f} s, {stats['images_per_second']:.0f} images/s")
+    print(
+        f"make_synthetic --ids {args.ids} --workers {args.workers}: {stats['files_total']} images "
+        f"({stats['train_images']} train, {stats['query_images']} query, "
+        f"{stats['gallery_images'] + stats['gallery_junk']} gallery incl. junk), {size / 2**20:.1f} MiB, "
+        f"{stats['seconds']:.1f} s, {stats['images_per_second']:.0f} images/s"
+    )
 
 
 if __name__ == "__main__":

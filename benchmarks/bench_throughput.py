@@ -59,9 +59,11 @@ def make_step(model: nn.Module, loss: CANLoss, amp_dtype, device):
 def measure(name: str, model: nn.Module, args, device, amp_dtype) -> dict:
     num_features = getattr(model, "num_features", 1)
     loss = CANLoss(
-        num_classes=args.classes, feat_dim=model.embed_dim,
+        num_classes=args.classes,
+        feat_dim=model.embed_dim,
         num_features=num_features,
-        global_indices=getattr(model, "global_indices", [0]), local_indices=getattr(model, "local_indices", []),
+        global_indices=getattr(model, "global_indices", [0]),
+        local_indices=getattr(model, "local_indices", []),
     ).to(device)
     model.to(device).train()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -83,18 +85,28 @@ def measure(name: str, model: nn.Module, args, device, amp_dtype) -> dict:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
     result = {
-        "name": name, "img_s": args.batch / seconds, "flop_per_step": flops,
-        "tflop_s": flops / seconds / 1e12, "params": sum(p.numel() for p in model.parameters()),
+        "name": name,
+        "img_s": args.batch / seconds,
+        "flop_per_step": flops,
+        "tflop_s": flops / seconds / 1e12,
+        "params": sum(p.numel() for p in model.parameters()),
     }
-    print(f"{name:<34} {result['img_s']:9.1f} img/s  {flops / 1e9:9.1f} GFLOP/step  "
-          f"{result['tflop_s'] * 1e3:9.1f} GFLOP/s achieved  {result['params'] / 1e6:6.1f} M params", flush=True)
+    print(
+        f"{name:<34} {result['img_s']:9.1f} img/s  {flops / 1e9:9.1f} GFLOP/step  "
+        f"{result['tflop_s'] * 1e3:9.1f} GFLOP/s achieved  {result['params'] / 1e6:6.1f} M params",
+        flush=True,
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=["cpu", "paper"], default="cpu",
-                        help="cpu: 128x64, batch 16, fp32; paper: 384x128, batch 32, bf16 + channels_last on CUDA")
+    parser.add_argument(
+        "--profile",
+        choices=["cpu", "paper"],
+        default="cpu",
+        help="cpu: 128x64, batch 16, fp32; paper: 384x128, batch 32, bf16 + channels_last on CUDA",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--height", type=int)
@@ -118,16 +130,25 @@ def main() -> None:
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch threads {torch.get_num_threads()}, input {args.height}x{args.width}, batch {args.batch}, "
-          f"amp {args.amp}, channels_last {args.channels_last}, backbone {args.backbone}, steps {args.steps}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"torch threads {torch.get_num_threads()}, input {args.height}x{args.width}, batch {args.batch}, "
+        f"amp {args.amp}, channels_last {args.channels_last}, backbone {args.backbone}, steps {args.steps}"
+    )
     torch.manual_seed(0)
-    base = measure(f"{args.backbone} last-stride-1 (baseline)", StrideOneResNet(args.classes, args.backbone),
-                   args, device, amp_dtype)
+    base = measure(
+        f"{args.backbone} last-stride-1 (baseline)",
+        StrideOneResNet(args.classes, args.backbone),
+        args,
+        device,
+        amp_dtype,
+    )
     can = measure("CAN parts 1,3,5,7 + CA", CAN(args.classes, backbone=args.backbone), args, device, amp_dtype)
-    print(f"ratio CAN / baseline: throughput {can['img_s'] / base['img_s']:.3f}, "
-          f"FLOPs per step {can['flop_per_step'] / base['flop_per_step']:.3f}, "
-          f"achieved FLOP/s {can['tflop_s'] / base['tflop_s']:.3f}")
+    print(
+        f"ratio CAN / baseline: throughput {can['img_s'] / base['img_s']:.3f}, "
+        f"FLOPs per step {can['flop_per_step'] / base['flop_per_step']:.3f}, "
+        f"achieved FLOP/s {can['tflop_s'] / base['tflop_s']:.3f}"
+    )
 
 
 if __name__ == "__main__":

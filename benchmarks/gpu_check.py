@@ -68,10 +68,23 @@ class Plan:
     extract_batches: int = 20
 
 
-GPU_PLAN = Plan("configs/paper-market1501.yaml", steps=300, warmup=30, trainer_steps=200,
-                eval_shape=(MARKET["query"], MARKET["gallery"]), synthetic={"ids": 100, "images_per_id": 12})
-DRY_PLAN = Plan("configs/smoke.yaml", steps=2, warmup=1, trainer_steps=2, eval_shape=(40, 300),
-                synthetic={"ids": 8, "images_per_id": 4}, extract_batches=1)
+GPU_PLAN = Plan(
+    "configs/paper-market1501.yaml",
+    steps=300,
+    warmup=30,
+    trainer_steps=200,
+    eval_shape=(MARKET["query"], MARKET["gallery"]),
+    synthetic={"ids": 100, "images_per_id": 12},
+)
+DRY_PLAN = Plan(
+    "configs/smoke.yaml",
+    steps=2,
+    warmup=1,
+    trainer_steps=2,
+    eval_shape=(40, 300),
+    synthetic={"ids": 8, "images_per_id": 4},
+    extract_batches=1,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -89,8 +102,17 @@ def _timed(fn: Callable[[], Any], n: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / max(n, 1)
 
 
-def measure_model(name: str, model: torch.nn.Module, loss: CANLoss, cfg: dict, plan: Plan, device: torch.device,
-                  amp: torch.dtype | None, compiled: bool, classes: int = MARKET["train_ids"]) -> dict[str, Any]:
+def measure_model(
+    name: str,
+    model: torch.nn.Module,
+    loss: CANLoss,
+    cfg: dict,
+    plan: Plan,
+    device: torch.device,
+    amp: torch.dtype | None,
+    compiled: bool,
+    classes: int = MARKET["train_ids"],
+) -> dict[str, Any]:
     """Training steps on random tensors: images/s, TFLOP/s, peak memory, compile time."""
     d = cfg["data"]
     batch, h, w = int(d["p"]) * int(d["k"]), int(d["height"]), int(d["width"])
@@ -118,13 +140,23 @@ def measure_model(name: str, model: torch.nn.Module, loss: CANLoss, cfg: dict, p
     _timed(step, plan.warmup, device)
     seconds = _timed(step, plan.steps, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"name": name, "compile": compiled, "img_s": batch / seconds, "step_ms": 1e3 * seconds,
-            "tflop_s": flops * batch / seconds / 1e12, "train_gflop_per_image": flops / 1e9,
-            "first_step_s": first, "peak_mem_gib": peak, "batch": batch, "input": [h, w]}
+    return {
+        "name": name,
+        "compile": compiled,
+        "img_s": batch / seconds,
+        "step_ms": 1e3 * seconds,
+        "tflop_s": flops * batch / seconds / 1e12,
+        "train_gflop_per_image": flops / 1e9,
+        "first_step_s": first,
+        "peak_mem_gib": peak,
+        "batch": batch,
+        "input": [h, w],
+    }
 
 
-def measure_extraction(model: torch.nn.Module, cfg: dict, plan: Plan, device: torch.device,
-                       amp: torch.dtype | None) -> float:
+def measure_extraction(
+    model: torch.nn.Module, cfg: dict, plan: Plan, device: torch.device, amp: torch.dtype | None
+) -> float:
     """Eval-mode descriptor extraction, images/s (test batch size of the profile)."""
     d = cfg["data"]
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -143,12 +175,22 @@ def measure_extraction(model: torch.nn.Module, cfg: dict, plan: Plan, device: to
     return len(x) / seconds
 
 
-def measure_trainer(cfg_path: Path, root: Path, out: Path, plan: Plan, device: torch.device,
-                    compiled: bool) -> dict[str, Any]:
+def measure_trainer(
+    cfg_path: Path, root: Path, out: Path, plan: Plan, device: torch.device, compiled: bool
+) -> dict[str, Any]:
     """The trainer end to end (data.cache=device, the profile's model) on the synthetic set."""
-    cfg = load_config(cfg_path, [f"data.root={root}", "data.dataset=synthetic", "model.pretrained=null",
-                                 "data.cache=device", "data.epoch=images", "train.progress=false",
-                                 f"train.compile={str(compiled).lower()}"])
+    cfg = load_config(
+        cfg_path,
+        [
+            f"data.root={root}",
+            "data.dataset=synthetic",
+            "model.pretrained=null",
+            "data.cache=device",
+            "data.epoch=images",
+            "train.progress=false",
+            f"train.compile={str(compiled).lower()}",
+        ],
+    )
     trainer = Trainer(cfg, out, device=str(device))
     start = time.perf_counter()
     trainer.train_loader.build_cache()
@@ -159,8 +201,13 @@ def measure_trainer(cfg_path: Path, root: Path, out: Path, plan: Plan, device: t
         epoch += 1
         stats = trainer.train_one_epoch(epoch)
         images, seconds = images + stats["images"], seconds + stats["seconds"]
-    return {"compile": compiled, "img_s": images / seconds, "images": images, "cache_build_s": cache_s,
-            "cache_on": str(trainer.train_loader.cache.images.device)}
+    return {
+        "compile": compiled,
+        "img_s": images / seconds,
+        "images": images,
+        "cache_build_s": cache_s,
+        "cache_on": str(trainer.train_loader.cache.images.device),
+    }
 
 
 def measure_evaluation(shape: tuple[int, int], dim: int, device: torch.device) -> dict[str, Any]:
@@ -176,8 +223,13 @@ def measure_evaluation(shape: tuple[int, int], dim: int, device: torch.device) -
     start = time.perf_counter()
     result = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, metric="cosine")
     _sync(device)
-    return {"queries": nq, "gallery": ng, "dim": dim, "seconds": time.perf_counter() - start,
-            "mAP_random": float(result["mAP"])}
+    return {
+        "queries": nq,
+        "gallery": ng,
+        "dim": dim,
+        "seconds": time.perf_counter() - start,
+        "mAP_random": float(result["mAP"]),
+    }
 
 
 def project_market(train_img_s: float, extract_img_s: float, eval_s: float, cfg: dict) -> dict[str, Any]:
@@ -188,16 +240,36 @@ def project_market(train_img_s: float, extract_img_s: float, eval_s: float, cfg:
     evaluations = (epochs // every if every else 0) + (0 if every and epochs % every == 0 else 1)
     one_eval = (MARKET["query"] + MARKET["gallery"]) / extract_img_s + eval_s
     train_h = epochs * per_epoch / train_img_s / 3600
-    return {"epochs": epochs, "images_per_epoch": per_epoch, "training_hours": train_h,
-            "evaluations": evaluations, "evaluation_hours": evaluations * one_eval / 3600,
-            "total_hours": train_h + evaluations * one_eval / 3600}
+    return {
+        "epochs": epochs,
+        "images_per_epoch": per_epoch,
+        "training_hours": train_h,
+        "evaluations": evaluations,
+        "evaluation_hours": evaluations * one_eval / 3600,
+        "total_hours": train_h + evaluations * one_eval / 3600,
+    }
 
 
 def ddp_smoke(root: Path, out: Path) -> dict[str, Any]:
     """``torchrun --nproc_per_node=2 -m canlib train`` with the smoke profile on two GPUs."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "canlib", "train",
-           "--config", str(REPO / "configs" / "smoke.yaml"), "--data-root", str(root), "--output", str(out),
-           "--device", "cuda", "train.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "canlib",
+        "train",
+        "--config",
+        str(REPO / "configs" / "smoke.yaml"),
+        "--data-root",
+        str(root),
+        "--output",
+        str(out),
+        "--device",
+        "cuda",
+        "train.progress=false",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = {"returncode": proc.returncode, "seconds": time.perf_counter() - start}
@@ -220,8 +292,9 @@ def models(cfg: dict, classes: int) -> list[tuple[str, Callable[[], tuple[torch.
 
     def baseline() -> tuple[torch.nn.Module, CANLoss]:
         model = StrideOneResNet(classes, m["backbone"], **dict(m.get("backbone_kwargs") or {}))
-        return model, CANLoss(num_classes=classes, feat_dim=model.embed_dim, num_features=1, global_indices=[0],
-                              local_indices=[])
+        return model, CANLoss(
+            num_classes=classes, feat_dim=model.embed_dim, num_features=1, global_indices=[0], local_indices=[]
+        )
 
     return [(f"CAN parts {','.join(map(str, m['parts']))}", can), (f"{m['backbone']} last stride 1", baseline)]
 
@@ -250,22 +323,28 @@ def run_checks(plan: Plan, device: torch.device, compile_modes: list[bool], tmp:
     root = tmp / "synthetic"
     make_synthetic(root, seed=0, workers=4 if device.type == "cuda" else 1, **plan.synthetic)
     for compiled in compile_modes:
-        out["trainer"].append(measure_trainer(REPO / plan.config, root, tmp / f"trainer-{compiled}", plan, device,
-                                              compiled))
+        out["trainer"].append(
+            measure_trainer(REPO / plan.config, root, tmp / f"trainer-{compiled}", plan, device, compiled)
+        )
         _release(device)
     out["evaluation"] = measure_evaluation(plan.eval_shape, can.descriptor_dim, device)
     best = max(out["trainer"], key=lambda r: r["img_s"])
     out["projection"] = project_market(best["img_s"], out["extract_img_s"], out["evaluation"]["seconds"], cfg)
     n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    out["ddp_smoke"] = ddp_smoke(root, tmp / "ddp") if ddp and n_gpus >= 2 else {
-        "skipped": f"{n_gpus} GPU(s) visible; the 2-process smoke run needs 2"}
+    out["ddp_smoke"] = (
+        ddp_smoke(root, tmp / "ddp")
+        if ddp and n_gpus >= 2
+        else {"skipped": f"{n_gpus} GPU(s) visible; the 2-process smoke run needs 2"}
+    )
     return out
 
 
 def _row(r: dict[str, Any]) -> str:
-    return (f"{r['name']:<28} compile {'on ' if r['compile'] else 'off'} {r['img_s']:9.1f} img/s "
-            f"{r['tflop_s']:7.2f} TFLOP/s  {r['step_ms']:8.1f} ms/step  peak {r['peak_mem_gib']:6.2f} GiB  "
-            f"first step {r['first_step_s']:.1f} s")
+    return (
+        f"{r['name']:<28} compile {'on ' if r['compile'] else 'off'} {r['img_s']:9.1f} img/s "
+        f"{r['tflop_s']:7.2f} TFLOP/s  {r['step_ms']:8.1f} ms/step  peak {r['peak_mem_gib']:6.2f} GiB  "
+        f"first step {r['first_step_s']:.1f} s"
+    )
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -274,13 +353,19 @@ def print_table(result: dict[str, Any]) -> None:
     for r in result["models"]:
         print(_row(r))
     for r in result["trainer"]:
-        print(f"trainer end to end (cache on {r['cache_on']}) compile {'on ' if r['compile'] else 'off'} "
-              f"{r['img_s']:9.1f} img/s   cache built in {r['cache_build_s']:.1f} s")
+        print(
+            f"trainer end to end (cache on {r['cache_on']}) compile {'on ' if r['compile'] else 'off'} "
+            f"{r['img_s']:9.1f} img/s   cache built in {r['cache_build_s']:.1f} s"
+        )
     e, p = result["evaluation"], result["projection"]
-    print(f"evaluation {e['queries']} x {e['gallery']} (dim {e['dim']}) on the device: {e['seconds']:.2f} s; "
-          f"extraction {result['extract_img_s']:.0f} img/s")
-    print(f"projected Market-1501, {p['epochs']} epochs: {p['training_hours']:.2f} h training + "
-          f"{p['evaluations']} evaluations {p['evaluation_hours']:.2f} h = {p['total_hours']:.2f} h")
+    print(
+        f"evaluation {e['queries']} x {e['gallery']} (dim {e['dim']}) on the device: {e['seconds']:.2f} s; "
+        f"extraction {result['extract_img_s']:.0f} img/s"
+    )
+    print(
+        f"projected Market-1501, {p['epochs']} epochs: {p['training_hours']:.2f} h training + "
+        f"{p['evaluations']} evaluations {p['evaluation_hours']:.2f} h = {p['total_hours']:.2f} h"
+    )
     print(f"2-GPU torchrun smoke: {result['ddp_smoke']}")
     print(f"written: {result['path']}")
 
@@ -311,10 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc)
     name = "gpu-check-dry-run.json" if dry else f"gpu-check-{stamp:%Y%m%d-%H%M%S}.json"
     path = Path(args.out) / name
-    result.update(created=stamp.isoformat(timespec="seconds"), dry_run=dry, seconds=time.perf_counter() - start,
-                  plan=asdict(DRY_PLAN if dry else GPU_PLAN), machine=machine_info(device),
-                  versions=library_versions(), path=str(path),
-                  device_name=torch.cuda.get_device_name(0) if not dry else "CPU")
+    result.update(
+        created=stamp.isoformat(timespec="seconds"),
+        dry_run=dry,
+        seconds=time.perf_counter() - start,
+        plan=asdict(DRY_PLAN if dry else GPU_PLAN),
+        machine=machine_info(device),
+        versions=library_versions(),
+        path=str(path),
+        device_name=torch.cuda.get_device_name(0) if not dry else "CPU",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print_table(result)

@@ -49,9 +49,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> Summary:
     keys = [k for k in METRIC_KEYS if k in df]
     stats = df.groupby(["table", "row"], sort=False)[keys]
     mean, std, n = stats.mean() * 100, stats.std(ddof=1) * 100, stats.size()
-    table = pd.DataFrame(
-        {k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index
-    )
+    table = pd.DataFrame({k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index)
     table["seeds"] = n
     published = [paper.ABLATION_TABLES.get(t, {}).get(r, {}) for t, r in table.index]
     table["paper mAP"] = [row.get("mAP") for row in published]
@@ -78,11 +76,21 @@ def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict
     have = summary is not None and all(key in summary.mean.index for key in claim.rows)
     ours = [float(summary.mean.loc[key, metric]) for key in claim.rows] if have else []
     seeds = [int(summary.seeds.loc[key]) for key in claim.rows] if have else [0]
-    ts = [
-        welch_t(ours[a], float(summary.std.loc[claim.rows[a], metric]), seeds[a],
-                ours[b], float(summary.std.loc[claim.rows[b], metric]), seeds[b])
-        for a, b in claim.comparisons()
-    ] if have else []
+    ts = (
+        [
+            welch_t(
+                ours[a],
+                float(summary.std.loc[claim.rows[a], metric]),
+                seeds[a],
+                ours[b],
+                float(summary.std.loc[claim.rows[b], metric]),
+                seeds[b],
+            )
+            for a, b in claim.comparisons()
+        ]
+        if have
+        else []
+    )
     return {
         "claim": claim.text,
         "paper holds?": "yes" if _holds(published, claim) else "no",

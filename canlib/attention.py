@@ -31,14 +31,10 @@ def collaborative_attention(blocks: Tensor) -> Tensor:
         ValueError: if ``blocks`` is not 4-D or has fewer than two blocks.
     """
     if blocks.dim() != 4:
-        raise ValueError(
-            f"collaborative_attention expects (B, C, n, 1) blocks, got shape {tuple(blocks.shape)}"
-        )
+        raise ValueError(f"collaborative_attention expects (B, C, n, 1) blocks, got shape {tuple(blocks.shape)}")
     n = blocks.shape[2]
     if n < 2:
-        raise ValueError(
-            f"collaborative attention fuses pairs of adjacent blocks and needs n >= 2 blocks, got n={n}"
-        )
+        raise ValueError(f"collaborative attention fuses pairs of adjacent blocks and needs n >= 2 blocks, got n={n}")
     return F.max_pool2d(blocks, kernel_size=(2, 1), stride=(1, 1))
 
 

@@ -113,6 +113,7 @@ def load_resnet_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
     unexpected = sorted(k for k in state if k not in target)
     wrong_shape = sorted(k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape))
     if missing or unexpected or wrong_shape:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
 
@@ -255,8 +256,9 @@ def _split(net: nn.Module, name: str, last_stride: int, layer3_stride: int = 2) 
         )
     wanted = 32 // (2 if last_stride == 1 else 1) // (2 if layer3_stride == 1 else 1)
     if size // h4 != wanted:
-        raise NotImplementedError(f"could not set layer3_stride={layer3_stride} on {name!r}: output stride "
-                                  f"{size // h4}, expected {wanted}")
+        raise NotImplementedError(
+            f"could not set layer3_stride={layer3_stride} on {name!r}: output stride {size // h4}, expected {wanted}"
+        )
     return Backbone(stem, layer4, out_channels=out_channels, output_stride=size // h4, name=name)
 
 
@@ -299,7 +301,7 @@ def build_backbone(
     if name.startswith(_TIMM_PREFIX):
         import timm
 
-        model_name = name[len(_TIMM_PREFIX):]
+        model_name = name[len(_TIMM_PREFIX) :]
         if not timm.is_model(model_name):
             raise ValueError(f"timm has no model called {model_name!r}")
         if pretrained == "imagenet":
@@ -312,12 +314,11 @@ def build_backbone(
         if pretrained == "imagenet":
             _torchvision_imagenet(net, name, weights_enum)
     else:
-        raise ValueError(
-            f"unknown backbone {name!r}; use one of {sorted(TORCHVISION_RESNETS)} or 'timm:<model name>'"
-        )
+        raise ValueError(f"unknown backbone {name!r}; use one of {sorted(TORCHVISION_RESNETS)} or 'timm:<model name>'")
     if is_path:
         load_resnet_state_dict(net, pretrained)
     backbone = _split(net, name, last_stride, layer3_stride)
-    _logger.debug("built backbone %s: %d channels, output stride %d", name, backbone.out_channels,
-                  backbone.output_stride)
+    _logger.debug(
+        "built backbone %s: %d channels, output stride %d", name, backbone.out_channels, backbone.output_stride
+    )
     return backbone

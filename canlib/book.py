@@ -58,8 +58,7 @@ def _header(label: Any) -> str:
     return "" if label is None else str(label)
 
 
-def markdown_table(df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None,
-                   index: bool = True) -> str:
+def markdown_table(df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None, index: bool = True) -> str:
     """``df`` as a Markdown pipe table with fixed precision.
 
     Args:
@@ -73,24 +72,29 @@ def markdown_table(df: pd.DataFrame, formats: Mapping[Any, Format] | Format | No
     table = df.reset_index() if index else df.reset_index(drop=True)
     if index and not any(n is not None for n in df.index.names):
         table = table.rename(columns={"index": ""})
-    index_columns = set(table.columns[:df.index.nlevels]) if index else set()
+    index_columns = set(table.columns[: df.index.nlevels]) if index else set()
     per_column = formats if isinstance(formats, Mapping) else {}
     default = None if isinstance(formats, Mapping) else formats
     headers = [_header(c) for c in table.columns]
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
-               for c in table.columns]
+    numeric = [
+        pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) for c in table.columns
+    ]
     # the default format is for the values; index columns (labels) only get a format by name
-    fmts = [per_column.get(c, default if num and c not in index_columns else None)
-            for c, num in zip(table.columns, numeric)]
+    fmts = [
+        per_column.get(c, default if num and c not in index_columns else None) for c, num in zip(table.columns, numeric)
+    ]
     rows = [[_cell(v, fmt) for v, fmt in zip(row, fmts)] for row in table.itertuples(index=False, name=None)]
-    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
-             "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"]
+    lines = [
+        "| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
+        "|" + "|".join("---:" if num else ":---" for num in numeric) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def glue_table(name: str, df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None,
-               index: bool = True) -> None:
+def glue_table(
+    name: str, df: pd.DataFrame, formats: Mapping[Any, Format] | Format | None = None, index: bool = True
+) -> None:
     """Glue ``df`` as a Markdown table under ``name``; the cell shows nothing, its ``{table}`` shows it."""
     from IPython.display import Markdown
     from myst_nb import glue
@@ -108,8 +112,13 @@ def glue_figure(name: str, fig: Any) -> None:
 
 
 #: Colours of a claim's verdict (GitHub's palette, readable on a white page), by strength.
-VERDICT_COLOURS = {"clear for": "#1a7f37", "for": "#4d7c0f", "against": "#bc4c00", "clear against": "#cf222e",
-                   "not run": "#6e7781"}
+VERDICT_COLOURS = {
+    "clear for": "#1a7f37",
+    "for": "#4d7c0f",
+    "against": "#bc4c00",
+    "clear against": "#cf222e",
+    "not run": "#6e7781",
+}
 
 
 def claim_verdict(holds: str, t: float, clear: float = 3.0) -> str:

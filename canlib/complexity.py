@@ -42,9 +42,7 @@ def forward_flops(module: nn.Module, *inputs: Any) -> tuple[int, Any]:
     return int(counter.get_total_flops()), out
 
 
-def model_complexity(
-    model: nn.Module, input_size: tuple[int, int] = (384, 128), batch_size: int = 1
-) -> dict[str, Any]:
+def model_complexity(model: nn.Module, input_size: tuple[int, int] = (384, 128), batch_size: int = 1) -> dict[str, Any]:
     """Count parameters and forward FLOPs of ``model`` for ``(batch_size, C, *input_size)`` inputs.
 
     Returns:
@@ -101,14 +99,17 @@ def complexity_table(
         for collaborative in collaborative_options:
             model = CAN(num_classes, parts=parts, collaborative=collaborative, backbone=backbone, **model_kwargs)
             stats = model_complexity(model, input_size=input_size)
-            rows.append({
-                "pattern": name,
-                "parts": tuple(parts),
-                "collaborative": bool(collaborative),
-                "num_features": model.num_features,
-                **stats,
-            })
-            _logger.info("%s CA=%s: %.1fM params, %.2f GFLOPs", name, collaborative,
-                         stats["params"] / 1e6, stats["flops"] / 1e9)
+            rows.append(
+                {
+                    "pattern": name,
+                    "parts": tuple(parts),
+                    "collaborative": bool(collaborative),
+                    "num_features": model.num_features,
+                    **stats,
+                }
+            )
+            _logger.info(
+                "%s CA=%s: %.1fM params, %.2f GFLOPs", name, collaborative, stats["params"] / 1e6, stats["flops"] / 1e9
+            )
             del model
     return rows

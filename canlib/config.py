@@ -237,17 +237,34 @@ _FRACTION = (lambda v: 0 <= v <= 1, "in [0, 1]")
 _AT_LEAST_2 = (lambda v: v >= 2, ">= 2 (the batch-hard triplet loss needs 2 ids and 2 images of each)")
 #: Ranges of numeric keys (a key absent from the configuration is skipped).
 _LIMITS: dict[str, tuple[Any, str]] = {
-    "data.height": _POSITIVE, "data.width": _POSITIVE, "data.p": _AT_LEAST_2, "data.k": _AT_LEAST_2,
-    "data.num_workers": _NON_NEGATIVE, "data.pad": _NON_NEGATIVE, "data.random_erasing": _FRACTION,
-    "data.test_batch_size": _POSITIVE, "data.val_ids": _NON_NEGATIVE,
-    "model.embed_dim": _POSITIVE, "model.last_stride": _POSITIVE,
-    "loss.ce_weight": _NON_NEGATIVE, "loss.ce_scale": _POSITIVE, "loss.triplet_weight": _NON_NEGATIVE,
-    "loss.triplet_margin": _NON_NEGATIVE, "loss.center_weight": _NON_NEGATIVE,
+    "data.height": _POSITIVE,
+    "data.width": _POSITIVE,
+    "data.p": _AT_LEAST_2,
+    "data.k": _AT_LEAST_2,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.pad": _NON_NEGATIVE,
+    "data.random_erasing": _FRACTION,
+    "data.test_batch_size": _POSITIVE,
+    "data.val_ids": _NON_NEGATIVE,
+    "model.embed_dim": _POSITIVE,
+    "model.last_stride": _POSITIVE,
+    "loss.ce_weight": _NON_NEGATIVE,
+    "loss.ce_scale": _POSITIVE,
+    "loss.triplet_weight": _NON_NEGATIVE,
+    "loss.triplet_margin": _NON_NEGATIVE,
+    "loss.center_weight": _NON_NEGATIVE,
     "loss.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.lr": _POSITIVE, "optim.eps": _POSITIVE, "optim.weight_decay": _NON_NEGATIVE, "optim.gamma": _POSITIVE,
-    "optim.epochs": _POSITIVE, "optim.center_lr": _NON_NEGATIVE,
-    "train.eval_every": _NON_NEGATIVE, "train.checkpoint_every": _POSITIVE, "train.max_batches_per_epoch": _POSITIVE,
-    "eval.max_rank": _POSITIVE, "eval.chunk_size": _POSITIVE,
+    "optim.lr": _POSITIVE,
+    "optim.eps": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.gamma": _POSITIVE,
+    "optim.epochs": _POSITIVE,
+    "optim.center_lr": _NON_NEGATIVE,
+    "train.eval_every": _NON_NEGATIVE,
+    "train.checkpoint_every": _POSITIVE,
+    "train.max_batches_per_epoch": _POSITIVE,
+    "eval.max_rank": _POSITIVE,
+    "eval.chunk_size": _POSITIVE,
 }
 
 
@@ -263,12 +280,19 @@ def allowed_values() -> dict[str, tuple[Any, ...]]:
 
     del DATASETS  # the names include the aliases: dataset_names()
     return {
-        "data.dataset": dataset_names(), "data.epoch": ("ids", "images"),  # PKSampler's two epochs
-        "data.cache": CACHE_MODES, "model.pooling": POOLING_MODES, "model.descriptor_norm": DESCRIPTOR_NORMS,
+        "data.dataset": dataset_names(),
+        "data.epoch": ("ids", "images"),  # PKSampler's two epochs
+        "data.cache": CACHE_MODES,
+        "model.pooling": POOLING_MODES,
+        "model.descriptor_norm": DESCRIPTOR_NORMS,
         "model.embed_bn": (*EMBED_BN_MODES, True, False),  # booleans: configurations written before the modes
-        "loss.clustering_features": CLUSTERING_FEATURES, "loss.clustering_input": CLUSTERING_INPUTS,
-        "loss.feature_reduction": FEATURE_REDUCTIONS, "eval.metric": METRICS, "eval.ap": AP_VARIANTS,
-        "train.amp": AMP_MODES, "train.channels_last": ("auto", True, False),
+        "loss.clustering_features": CLUSTERING_FEATURES,
+        "loss.clustering_input": CLUSTERING_INPUTS,
+        "loss.feature_reduction": FEATURE_REDUCTIONS,
+        "eval.metric": METRICS,
+        "eval.ap": AP_VARIANTS,
+        "train.amp": AMP_MODES,
+        "train.channels_last": ("auto", True, False),
     }
 
 
@@ -362,15 +386,20 @@ def _list_problems(cfg: Mapping[str, Any]) -> list[str]:
     """Checks of list-valued keys beyond their element type."""
     problems = []
     parts = cfg["model"]["parts"]
-    if not isinstance(parts, list) or not parts or len(set(map(str, parts))) != len(parts) or any(
-            not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in parts):
+    if (
+        not isinstance(parts, list)
+        or not parts
+        or len(set(map(str, parts))) != len(parts)
+        or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in parts)
+    ):
         problems.append(f"model.parts must be a list of distinct positive integers such as [1, 3, 5, 7]; got {parts!r}")
     betas = cfg["optim"]["betas"]
     if not isinstance(betas, list) or (len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
         problems.append(f"optim.betas must be two numbers in [0, 1); got {betas!r}")
     milestones = cfg["optim"]["milestones"]
-    if not isinstance(milestones, list) or any(not isinstance(m, int) or isinstance(m, bool) or m < 1
-                                               for m in milestones):
+    if not isinstance(milestones, list) or any(
+        not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in milestones
+    ):
         problems.append(f"optim.milestones must be a list of positive integers (epochs); got {milestones!r}")
     return problems
 
@@ -383,8 +412,11 @@ def validate(cfg: dict[str, Any]) -> None:
     """
     _coerce_numbers(cfg, DEFAULTS)
     choices = allowed_values()
-    problems = [p for key, value, default in _leaves(cfg, DEFAULTS) if key not in _LIST_KEYS
-                and (p := _check_value(key, value, default, choices)) is not None]
+    problems = [
+        p
+        for key, value, default in _leaves(cfg, DEFAULTS)
+        if key not in _LIST_KEYS and (p := _check_value(key, value, default, choices)) is not None
+    ]
     problems += _list_problems(cfg)
     if len(problems) == 1:
         raise ConfigError(f"configuration: {problems[0]}")
@@ -392,8 +424,9 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"configuration: {len(problems)} problems: " + "; ".join(problems))
 
 
-def config_hash(cfg: Mapping[str, Any],
-                exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images")) -> str:
+def config_hash(
+    cfg: Mapping[str, Any], exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images")
+) -> str:
     """A short, stable hash of a configuration (ignoring keys that do not change the result)."""
     cfg = copy.deepcopy(dict(cfg))
     for dotted in exclude:
@@ -412,8 +445,9 @@ def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
 
 
-def profile_path(profile: str, dataset: str = "synthetic", epochs: int | None = None,
-                 configs_dir: str | Path = "configs") -> Path:
+def profile_path(
+    profile: str, dataset: str = "synthetic", epochs: int | None = None, configs_dir: str | Path = "configs"
+) -> Path:
     """The profile file the book's experiment chapters use: ``paper`` -> ``paper-<dataset>.yaml``,
     anything else -> ``<profile>.yaml``; with ``epochs``, a derived profile of another length
     (written to a temporary folder; its runs get their own hash)."""

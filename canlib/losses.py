@@ -310,7 +310,9 @@ class CANLoss(nn.Module):
         self.local_indices = [int(i) for i in local_indices]
         selected = self.global_indices + (self.local_indices if clustering_features == "all" else [])
         if not selected or any(not 0 <= i < self.num_features for i in selected) or len(set(selected)) != len(selected):
-            raise ValueError(f"clustering feature indices {selected} are empty, repeated or outside [0, {num_features})")
+            raise ValueError(
+                f"clustering feature indices {selected} are empty, repeated or outside [0, {num_features})"
+            )
         self.clustering_features = clustering_features
         self.register_buffer("clustering_index", torch.tensor(selected, dtype=torch.long), persistent=False)
         self.ce_weight = float(ce_weight)

@@ -117,8 +117,9 @@ class EmbeddingNeck(nn.Module):
     and after the BN, so a loss can choose either (the BNNeck of Luo et al. 2019).
     """
 
-    def __init__(self, in_channels: int, embed_dim: int = 256, num_features: int = 1,
-                 batch_norm: bool | str = "shared") -> None:
+    def __init__(
+        self, in_channels: int, embed_dim: int = 256, num_features: int = 1, batch_norm: bool | str = "shared"
+    ) -> None:
         super().__init__()
         self.mode = embed_bn_mode(batch_norm)
         self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=self.mode == "none")
@@ -144,8 +145,9 @@ class EmbeddingNeck(nn.Module):
         return z.flatten(2).transpose(1, 2), post.flatten(2).transpose(1, 2)
 
 
-def build_embedding(in_channels: int, embed_dim: int = 256, batch_norm: bool | str = True,
-                    num_features: int = 1) -> EmbeddingNeck:
+def build_embedding(
+    in_channels: int, embed_dim: int = 256, batch_norm: bool | str = True, num_features: int = 1
+) -> EmbeddingNeck:
     """:class:`EmbeddingNeck` (kept for callers of the earlier name)."""
     return EmbeddingNeck(in_channels, embed_dim, num_features, batch_norm)
 
@@ -254,8 +256,13 @@ class CAN(nn.Module):
         self.pooling = pooling
         self.descriptor_norm = descriptor_norm
 
-        base = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, layer3_stride=layer3_stride,
-                              **(backbone_kwargs or {}))
+        base = build_backbone(
+            backbone,
+            pretrained=pretrained,
+            last_stride=last_stride,
+            layer3_stride=layer3_stride,
+            **(backbone_kwargs or {}),
+        )
         self.stem = base.stem
         self.output_stride = base.output_stride
         self.in_channels = 2 * base.out_channels
@@ -339,7 +346,8 @@ def can_resnet50(num_classes: int, pretrained: str | os.PathLike | None = None, 
     """The paper's model: ResNet50 with a stride-1 layer 4, Part-1,3,5,7 with collaborative
     attention, the 256-d shared embedding (16 features). ``kwargs`` override any :class:`CAN`
     argument, e.g. ``parts=(1, 2, 3), collaborative=False`` for Table 2's MGN-like row."""
-    args: dict[str, Any] = dict(parts=(1, 3, 5, 7), collaborative=True, backbone="resnet50", last_stride=1,
-                                embed_dim=256, pooling="paper")
+    args: dict[str, Any] = dict(
+        parts=(1, 3, 5, 7), collaborative=True, backbone="resnet50", last_stride=1, embed_dim=256, pooling="paper"
+    )
     args.update(kwargs)
     return CAN(num_classes, pretrained=pretrained, **args)

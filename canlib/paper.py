@@ -104,6 +104,7 @@ def ablation_loss() -> dict[str, Any]:
     """Keyword arguments of the loss that trained Tables 2-3 (see :func:`ablation_loss_row`)."""
     return dict(LOSS_ROWS[ablation_loss_row()])
 
+
 #: Table 5: CAN on Market-1501 in the comparison table (one point above Table 4's best row,
 #: unexplained in the paper).
 TABLE5_CAN: dict[str, float] = {"mAP": 90.6, "rank1": 96.4, "rank5": 98.8, "rank10": 99.3}
@@ -191,18 +192,36 @@ def paper_claims() -> list[Claim]:
     t4 = list(LOSS_ROWS)
     best = FINAL_PATTERN
     return [
-        Claim("finer stripes without CA hurt: Part-1,2,3 > Part-1,3,5,7,9 (Table 2)", "greater",
-              (("Table 2", patterns[0]), ("Table 2", patterns[-1]))),
-        Claim("without CA, mAP falls at every step from Part-1,2,3 to Part-1,3,5,7,9", "decreasing",
-              tuple(("Table 2", p) for p in patterns)),
+        Claim(
+            "finer stripes without CA hurt: Part-1,2,3 > Part-1,3,5,7,9 (Table 2)",
+            "greater",
+            (("Table 2", patterns[0]), ("Table 2", patterns[-1])),
+        ),
+        Claim(
+            "without CA, mAP falls at every step from Part-1,2,3 to Part-1,3,5,7,9",
+            "decreasing",
+            tuple(("Table 2", p) for p in patterns),
+        ),
         Claim("CA improves Part-1,3,5,7 (Table 3 vs Table 2)", "greater", (("Table 3", best), ("Table 2", best))),
-        Claim("CA improves every part pattern", "pairwise",
-              tuple(("Table 3", p) for p in patterns) + tuple(("Table 2", p) for p in patterns)),
-        Claim("with CA, Part-1,3,5,7 is the best pattern", "best",
-              (("Table 3", best),) + tuple(("Table 3", p) for p in patterns if p != best)),
+        Claim(
+            "CA improves every part pattern",
+            "pairwise",
+            tuple(("Table 3", p) for p in patterns) + tuple(("Table 2", p) for p in patterns),
+        ),
+        Claim(
+            "with CA, Part-1,3,5,7 is the best pattern",
+            "best",
+            (("Table 3", best),) + tuple(("Table 3", p) for p in patterns if p != best),
+        ),
         Claim("adding the triplet loss helps: CE + triplet > CE", "greater", (("Table 4", t4[1]), ("Table 4", t4[0]))),
-        Claim("adding the center loss helps: CE + triplet + center > CE + triplet", "greater",
-              (("Table 4", t4[2]), ("Table 4", t4[1]))),
-        Claim("clustering losses on global & local features > global only", "greater",
-              (("Table 4", t4[3]), ("Table 4", t4[2]))),
+        Claim(
+            "adding the center loss helps: CE + triplet + center > CE + triplet",
+            "greater",
+            (("Table 4", t4[2]), ("Table 4", t4[1])),
+        ),
+        Claim(
+            "clustering losses on global & local features > global only",
+            "greater",
+            (("Table 4", t4[3]), ("Table 4", t4[2])),
+        ),
     ]

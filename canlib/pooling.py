@@ -43,9 +43,7 @@ POOLING_MODES = ("paper", "adaptive")
 def _check_sizes(in_size: int, out_size: int) -> None:
     """Raise a ``ValueError`` unless ``1 <= out_size <= in_size``."""
     if out_size < 1 or in_size < 1:
-        raise ValueError(
-            f"pooling sizes must be positive, got in_size={in_size}, out_size={out_size}"
-        )
+        raise ValueError(f"pooling sizes must be positive, got in_size={in_size}, out_size={out_size}")
     if in_size < out_size:
         raise ValueError(
             f"feature map too small: a map with {in_size} rows cannot be cut into {out_size} parts "
@@ -87,10 +85,7 @@ def adaptive_windows(in_size: int, out_size: int) -> list[tuple[int, int]]:
     of ``torch.nn.AdaptiveMaxPool2d``/``AdaptiveAvgPool2d``.
     """
     _check_sizes(in_size, out_size)
-    return [
-        ((i * in_size) // out_size, math.ceil((i + 1) * in_size / out_size))
-        for i in range(out_size)
-    ]
+    return [((i * in_size) // out_size, math.ceil((i + 1) * in_size / out_size)) for i in range(out_size)]
 
 
 class ConcatPool(nn.Module):

@@ -165,8 +165,9 @@ def plot_ranked_lists(
     rows, k = matches.shape
     if len(query_images) != rows or any(len(g) != k for g in gallery_images):
         raise ValueError("need one query image and topk gallery images per row of matches")
-    fig, axes = plt.subplots(rows, k + 1, figsize=((k + 1) * figsize_per_image[0], rows * figsize_per_image[1]),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, k + 1, figsize=((k + 1) * figsize_per_image[0], rows * figsize_per_image[1]), squeeze=False
+    )
     for r in range(rows):
         panels = [(query_images[r], "black", titles[r] if titles is not None else "query")]
         for j in range(k):

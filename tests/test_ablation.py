@@ -27,7 +27,8 @@ def test_rows_cover_tables_2_to_4():
     t4 = {r.label: r for r in rows if r.table == "Table 4"}
     assert config_hash(resolve(SMOKE, t3, 0, "/d")) == config_hash(resolve(SMOKE, t4["CE + triplet"], 0, "/d"))
     assert config_hash(resolve(SMOKE, t3, 0, "/d")) != config_hash(
-        resolve(SMOKE, t4["CE + triplet + center (global & local)"], 0, "/d"))
+        resolve(SMOKE, t4["CE + triplet + center (global & local)"], 0, "/d")
+    )
     ce_only = resolve(SMOKE, t4["CE"], 0, "/d")
     assert ce_only["loss"]["triplet_weight"] == 0 and ce_only["loss"]["center_weight"] == 0
 
@@ -59,8 +60,14 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     real = ablation._train_subprocess
     monkeypatch.setattr(ablation, "_train_subprocess", lambda cfg, *a: (calls.append(cfg), real(cfg, *a)))
     rows = [r for r in ablation_rows(["Table 3", "Table 4"]) if r.label in ("Part-1,3,5,7", "CE + triplet")]
-    kwargs = dict(profile=SMOKE, data_root=tiny_data, rows=rows, seeds=(0,),
-                  results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    kwargs = dict(
+        profile=SMOKE,
+        data_root=tiny_data,
+        rows=rows,
+        seeds=(0,),
+        results_dir=tmp_path / "results",
+        runs_dir=tmp_path / "runs",
+    )
     records = run_grid(**kwargs)
     assert len(records) == 2 and len(calls) == 1 and records[0]["run"] == records[1]["run"]
     recorded = tmp_path / "results" / records[0]["run"]
@@ -90,7 +97,9 @@ def test_summarize_formats_one_and_several_seeds():
     three, mean, std, seeds = summarize([{**base, "seed": s, "mAP": m} for s, m in enumerate((0.2, 0.3, 0.4))])
     assert seeds.loc[("Table 4", "CE")] == 3
     assert three.loc[("Table 4", "CE"), "mAP"] == "30.0 ± 10.0"
-    assert abs(mean.loc[("Table 4", "CE"), "mAP"] - 30.0) < 1e-9 and abs(std.loc[("Table 4", "CE"), "mAP"] - 10.0) < 1e-9
+    assert (
+        abs(mean.loc[("Table 4", "CE"), "mAP"] - 30.0) < 1e-9 and abs(std.loc[("Table 4", "CE"), "mAP"] - 10.0) < 1e-9
+    )
 
 
 def test_load_records_reads_without_training(tiny_data, tmp_path):
@@ -103,8 +112,11 @@ def test_load_records_reads_without_training(tiny_data, tmp_path):
 
 
 def _records(values_by_row: dict[tuple[str, str], list[float]]) -> list[dict]:
-    return [{"table": t, "row": r, "seed": s, "run": f"{t}{r}{s}", "mAP": v, "rank1": v}
-            for (t, r), values in values_by_row.items() for s, v in enumerate(values)]
+    return [
+        {"table": t, "row": r, "seed": s, "run": f"{t}{r}{s}", "mAP": v, "rank1": v}
+        for (t, r), values in values_by_row.items()
+        for s, v in enumerate(values)
+    ]
 
 
 def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
@@ -115,8 +127,11 @@ def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
     assert len(claims) == 8 and {c.kind for c in claims} == {"greater", "decreasing", "pairwise", "best"}
     # Records that copy the paper's means (three seeds at +-0.02 points): every claim holds, clearly.
     published = {"Table 2": paper.TABLE2, "Table 3": paper.TABLE3, "Table 4": paper.TABLE4}
-    copy = {(t, r): [v["mAP"] / 100 + d for d in (-0.0002, 0.0, 0.0002)] for t, rows in published.items()
-            for r, v in rows.items()}
+    copy = {
+        (t, r): [v["mAP"] / 100 + d for d in (-0.0002, 0.0, 0.0002)]
+        for t, rows in published.items()
+        for r, v in rows.items()
+    }
     judged = judge_claims(_records(copy))
     assert (judged["paper holds?"] == "yes").all() and (judged["proxy holds?"] == "yes").all()
     assert (judged["min seeds"] == 3).all() and (judged["min t"] > 3).all()
@@ -128,8 +143,9 @@ def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
     judged = judge_claims(_records(copy)).set_index("claim")
     triplet = next(c.text for c in claims if "triplet loss helps" in c.text)
     assert judged.loc[triplet, "proxy holds?"] == "no" and judged.loc[triplet, "min t"] < -3
-    assert (judged.drop(index=[triplet, next(c.text for c in claims if "center loss" in c.text)])["proxy holds?"]
-            == "yes").all()
+    assert (
+        judged.drop(index=[triplet, next(c.text for c in claims if "center loss" in c.text)])["proxy holds?"] == "yes"
+    ).all()
 
 
 def test_judge_claims_without_records_or_with_one_seed():

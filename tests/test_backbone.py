@@ -60,11 +60,14 @@ def test_build_leaves_train_mode_and_running_stats_alone() -> None:
     assert int(net.stem.bn1.num_batches_tracked) == 0
 
 
-@pytest.mark.parametrize("name,kwargs,channels", [
-    ("timm:resnet18", SLIM_TIMM, 128),
-    ("timm:resnet50", SLIM_TIMM, 512),
-    ("timm:resnet50d", SLIM_TIMM, 512),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,channels",
+    [
+        ("timm:resnet18", SLIM_TIMM, 128),
+        ("timm:resnet50", SLIM_TIMM, 512),
+        ("timm:resnet50d", SLIM_TIMM, 512),
+    ],
+)
 def test_timm_backbones_have_last_stride_1(name: str, kwargs: dict, channels: int) -> None:
     net = build_backbone(name, **kwargs).eval()
     with torch.no_grad():

@@ -9,8 +9,9 @@ from canlib.book import markdown_table
 
 
 def test_markdown_table_fixed_precision_alignment_and_index():
-    df = pd.DataFrame({"params (M)": [8.54321, 14.9647], "kind": ["stem", "layer | 4"]},
-                      index=pd.Index(["a", "b"], name="part"))
+    df = pd.DataFrame(
+        {"params (M)": [8.54321, 14.9647], "kind": ["stem", "layer | 4"]}, index=pd.Index(["a", "b"], name="part")
+    )
     text = markdown_table(df, {"params (M)": ".2f"})
     assert text.splitlines() == [
         "| part | params (M) | kind |",

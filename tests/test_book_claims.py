@@ -12,17 +12,30 @@ from canlib.book import VERDICT_COLOURS, claim_verdict, claims_table, markdown_t
 
 def _claims(holds: list[str], ts: list[float]) -> pd.DataFrame:
     n = len(holds)
-    return pd.DataFrame({"claim": [f"claim {i}" for i in range(n)], "paper holds?": ["yes"] * n,
-                         "paper mAP %": ["1.0 vs 0.5"] * n, "proxy holds?": holds,
-                         "proxy mAP %": ["-" if h == "not run" else "2.0 vs 1.0" for h in holds],
-                         "min t": ts, "min seeds": [0 if h == "not run" else 3 for h in holds]})
+    return pd.DataFrame(
+        {
+            "claim": [f"claim {i}" for i in range(n)],
+            "paper holds?": ["yes"] * n,
+            "paper mAP %": ["1.0 vs 0.5"] * n,
+            "proxy holds?": holds,
+            "proxy mAP %": ["-" if h == "not run" else "2.0 vs 1.0" for h in holds],
+            "min t": ts,
+            "min seeds": [0 if h == "not run" else 3 for h in holds],
+        }
+    )
 
 
-@pytest.mark.parametrize("holds,t,kind,word", [
-    ("yes", 4.0, "clear for", "holds (clear)"), ("yes", 1.0, "for", "holds (within noise)"),
-    ("no", -3.5, "clear against", "contradicted (clear)"), ("no", -0.2, "against", "contradicted (within noise)"),
-    ("no", math.nan, "against", "contradicted</span>"), ("not run", math.nan, "not run", "not run yet"),
-])
+@pytest.mark.parametrize(
+    "holds,t,kind,word",
+    [
+        ("yes", 4.0, "clear for", "holds (clear)"),
+        ("yes", 1.0, "for", "holds (within noise)"),
+        ("no", -3.5, "clear against", "contradicted (clear)"),
+        ("no", -0.2, "against", "contradicted (within noise)"),
+        ("no", math.nan, "against", "contradicted</span>"),
+        ("not run", math.nan, "not run", "not run yet"),
+    ],
+)
 def test_claim_verdict_colour_follows_t(holds: str, t: float, kind: str, word: str) -> None:
     html = claim_verdict(holds, t)
     assert VERDICT_COLOURS[kind] in html and word in html

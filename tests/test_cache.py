@@ -29,8 +29,9 @@ def _cached(dataset, rank: int = 0, world: int = 1, **augment) -> CachedTrainLoa
     batches = PKSampler([pid for _, pid, _ in dataset.train], p=4, k=2, seed=1)
     if world > 1:
         batches = GlobalBatchShard(batches, rank, world)
-    return CachedTrainLoader(dataset.train, batches, BatchAugment(64, 32, **augment), "memory", "cpu",
-                             rank=rank, world_size=world)
+    return CachedTrainLoader(
+        dataset.train, batches, BatchAugment(64, 32, **augment), "memory", "cpu", rank=rank, world_size=world
+    )
 
 
 def _cached_batches(loader: CachedTrainLoader, epoch: int, seed: int = 0) -> list:
@@ -79,8 +80,19 @@ def test_cache_holds_uint8_images_and_builds_once(dataset):
 
 
 def test_build_loaders_reads_data_cache(tiny_data):
-    cfg = load_config(None, [f"data.root={tiny_data}", "data.dataset=synthetic", "data.cache=memory",
-                             "data.height=64", "data.width=32", "data.p=4", "data.k=2", "data.num_workers=0"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_data}",
+            "data.dataset=synthetic",
+            "data.cache=memory",
+            "data.height=64",
+            "data.width=32",
+            "data.p=4",
+            "data.k=2",
+            "data.num_workers=0",
+        ],
+    )
     train, _, _ = build_loaders(cfg, load_dataset("synthetic", tiny_data), 0)
     assert isinstance(train, CachedTrainLoader) and train.mode == "memory"
     cfg["data"]["cache"] = "disk"
@@ -91,9 +103,16 @@ def test_build_loaders_reads_data_cache(tiny_data):
 def test_trainer_with_the_cache_trains_on_the_same_batches(tiny_data, tmp_path):
     losses = {}
     for mode in ("none", "memory"):
-        cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_data}", f"data.cache={mode}",
-                                                            "train.max_batches_per_epoch=1", "data.flip=true",
-                                                            "data.verify_images=false"])
+        cfg = load_config(
+            REPO / "configs" / "smoke.yaml",
+            [
+                f"data.root={tiny_data}",
+                f"data.cache={mode}",
+                "train.max_batches_per_epoch=1",
+                "data.flip=true",
+                "data.verify_images=false",
+            ],
+        )
         trainer = Trainer(cfg, tmp_path / mode, device="cpu")
         losses[mode] = trainer.train_one_epoch(1)["loss_total"]
     assert losses["memory"] == losses["none"]

@@ -20,17 +20,22 @@ def public_names(module) -> set[str]:
     """A module's exports: its ``__all__``, else the public names it defines itself."""
     if hasattr(module, "__all__"):
         return set(module.__all__)
-    return {name for name, obj in vars(module).items()
-            if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__}
+    return {
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
+    }
 
 
 @functools.cache
 def canlib_exports() -> dict[str, str]:
     """Every public name of every canlib module, mapped to one module that exports it."""
     exports: dict[str, str] = {}
-    modules = [canlib] + [importlib.import_module(info.name)
-                          for info in pkgutil.walk_packages(canlib.__path__, prefix="canlib.")
-                          if not info.name.endswith("__main__")]  # importing __main__ would run the CLI
+    modules = [canlib] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(canlib.__path__, prefix="canlib.")
+        if not info.name.endswith("__main__")
+    ]  # importing __main__ would run the CLI
     for module in modules:
         for name in public_names(module):
             exports.setdefault(name, module.__name__)
@@ -51,8 +56,9 @@ def code_cells(path: Path) -> list[tuple[int, str]]:
 
 def defined_functions(source: str) -> list[str]:
     """Names of the functions a cell defines with ``def`` (at any depth)."""
-    return [node.name for node in ast.walk(ast.parse(source))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return [
+        node.name for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
 
 
 def test_canlib_exports_are_found():
@@ -72,8 +78,12 @@ def test_defined_functions_parses_nested_defs():
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_chapter_does_not_redefine_canlib(path: Path):
     exports = canlib_exports()
-    clashes = [f"cell {index}: def {name} (canlib exports it from {exports[name]})"
-               for index, source in code_cells(path) for name in defined_functions(source) if name in exports]
+    clashes = [
+        f"cell {index}: def {name} (canlib exports it from {exports[name]})"
+        for index, source in code_cells(path)
+        for name in defined_functions(source)
+        if name in exports
+    ]
     assert not clashes, f"{path.name} redefines canlib: " + "; ".join(clashes)
 
 

@@ -41,7 +41,9 @@ def test_overrides_parse_yaml_values():
     assert parse_override("optim.lr=3e-4") == (["optim", "lr"], pytest.approx(3e-4))
     assert parse_override("model.parts=[1,2,3]") == (["model", "parts"], [1, 2, 3])
     assert parse_override("model.collaborative=false") == (["model", "collaborative"], False)
-    cfg = load_config(CONFIGS / "smoke.yaml", ["model.parts=[1,2,3]", "optim.lr=1e-3", "loss.clustering_features=global"])
+    cfg = load_config(
+        CONFIGS / "smoke.yaml", ["model.parts=[1,2,3]", "optim.lr=1e-3", "loss.clustering_features=global"]
+    )
     assert cfg["model"]["parts"] == [1, 2, 3] and cfg["optim"]["lr"] == pytest.approx(1e-3)
 
 

@@ -217,23 +217,36 @@ def test_cuhk03_converter(tmp_path: Path) -> None:
                 cells = np.empty((10, 2), dtype=h5py.ref_dtype)
                 for pid in range(2):
                     for image in range(10):
-                        data = (np.full((3, 4, 8), 10 * pair + pid, np.uint8) if image in (0, 1, 5, 6)
-                                else np.zeros(2, np.uint64))  # MATLAB's empty cell
+                        data = (
+                            np.full((3, 4, 8), 10 * pair + pid, np.uint8)
+                            if image in (0, 1, 5, 6)
+                            else np.zeros(2, np.uint64)
+                        )  # MATLAB's empty cell
                         cells[image, pid] = f.create_dataset(f"img/{variant}/{pair}/{pid}/{image}", data=data).ref
                 pair_refs.append(f.create_dataset(f"pairs/{variant}/{pair}", data=cells).ref)
             refs = np.empty((1, 2), dtype=h5py.ref_dtype)
             refs[0, :] = pair_refs
             f.create_dataset(variant, data=refs)
-    names = [f"{pair + 1}_{pid + 1:03d}_{1 if i < 5 else 2}_{i + 1:02d}.png"
-             for pair in range(2) for pid in range(2) for i in (0, 1, 5, 6)]
+    names = [
+        f"{pair + 1}_{pid + 1:03d}_{1 if i < 5 else 2}_{i + 1:02d}.png"
+        for pair in range(2)
+        for pid in range(2)
+        for i in (0, 1, 5, 6)
+    ]
     labels = [1 + 2 * (int(n[0]) - 1) + int(n[2:5]) - 1 for n in names]
     filelist = np.empty((len(names), 1), dtype=object)
     filelist[:, 0] = names
     for variant in ("labeled", "detected"):
-        scipy_io.savemat(tmp_path / f"cuhk03_new_protocol_config_{variant}.mat", {
-            "filelist": filelist, "labels": np.array(labels)[:, None],
-            "train_idx": np.arange(1, 9)[:, None], "query_idx": np.array([[9], [13]]),
-            "gallery_idx": np.array([[10], [11], [12], [14], [15], [16]])})
+        scipy_io.savemat(
+            tmp_path / f"cuhk03_new_protocol_config_{variant}.mat",
+            {
+                "filelist": filelist,
+                "labels": np.array(labels)[:, None],
+                "train_idx": np.arange(1, 9)[:, None],
+                "query_idx": np.array([[9], [13]]),
+                "gallery_idx": np.array([[10], [11], [12], [14], [15], [16]]),
+            },
+        )
     counts = convert_cuhk03_np(tmp_path / "cuhk-03.mat", tmp_path, tmp_path / "out")
     assert counts["labeled"] == {"bounding_box_train": 8, "query": 2, "bounding_box_test": 6}
     ds = _load("cuhk03np", tmp_path / "out", variant="detected")

@@ -27,8 +27,9 @@ PIDS = [pid for pid in range(20) for _ in range(1 + pid % 9)]
 
 
 def _cfg(root: Path, *overrides: str) -> dict:
-    return load_config(SMOKE, [f"data.root={root}", "train.max_batches_per_epoch=1", "data.verify_images=false",
-                               *overrides])
+    return load_config(
+        SMOKE, [f"data.root={root}", "train.max_batches_per_epoch=1", "data.verify_images=false", *overrides]
+    )
 
 
 def _first_step(trainer: Trainer) -> dict:
@@ -40,14 +41,19 @@ def _first_step(trainer: Trainer) -> dict:
     total, terms = trainer.compute_loss(images, pids)
     total.backward()
     params = {**dict(trainer.model.named_parameters()), **{f"loss.{k}": v for k, v in trainer.loss.named_parameters()}}
-    return {"total": float(total.detach()), "terms": terms, "shard": len(pids),
-            "grads": {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None},
-            "buffers": {k: b.clone() for k, b in trainer.model.named_buffers() if b.is_floating_point()}}
+    return {
+        "total": float(total.detach()),
+        "terms": terms,
+        "shard": len(pids),
+        "grads": {k: p.grad.detach().clone() for k, p in params.items() if p.grad is not None},
+        "buffers": {k: b.clone() for k, b in trainer.model.named_buffers() if b.is_floating_point()},
+    }
 
 
 def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     data, out_dir = Path(root), Path(out)
     step = _first_step(Trainer(_cfg(data, "train.sync_bn=true"), out_dir / "step", device="cpu"))

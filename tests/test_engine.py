@@ -85,9 +85,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "canlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "canlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_help_lists_every_command():
@@ -100,8 +98,20 @@ def test_cli_help_lists_every_command():
 
 def test_cli_train_then_evaluate(tiny_data, tmp_path):
     run = tmp_path / "cli-run"
-    out = _cli("train", "--config", str(SMOKE), "--data-root", str(tiny_data), "--output", str(run),
-               "--device", "cpu", "--epochs", "1", "train.max_batches_per_epoch=1")
+    out = _cli(
+        "train",
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(tiny_data),
+        "--output",
+        str(run),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "train.max_batches_per_epoch=1",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["epoch"] == 1
     ev = _cli("evaluate", "--run", str(run), "--device", "cpu", "--ap", "trapezoid")
@@ -111,7 +121,16 @@ def test_cli_train_then_evaluate(tiny_data, tmp_path):
 
 
 def test_cli_reports_a_wrong_data_root(tmp_path):
-    out = _cli("train", "--config", str(SMOKE), "--data-root", str(tmp_path / "nowhere"),
-               "--output", str(tmp_path / "run"), "--device", "cpu")
+    out = _cli(
+        "train",
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--output",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    )
     assert out.returncode == 2
     assert "bounding_box_train" in out.stderr

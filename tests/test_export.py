@@ -95,8 +95,10 @@ def test_a_crafted_checkpoint_is_refused_without_running_code(run, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage, problem", [("missing", "no such file"), ("empty", "empty"),
-                                             ("truncated", "truncated or not a PyTorch file")])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [("missing", "no such file"), ("empty", "empty"), ("truncated", "truncated or not a PyTorch file")],
+)
 def test_damaged_checkpoints_name_the_file_and_the_problem(run, tmp_path, damage, problem):
     path = tmp_path / f"{damage}.pt"
     if damage == "empty":
@@ -146,8 +148,17 @@ def test_onnx_export_matches_pytorch_on_the_data_set(run, tmp_path, capsys):
 def test_parity_check_fails_loudly_beyond_its_bounds():
     from canlib.engine.onnx_export import ParityError, check_parity
 
-    good = {"onnx": "m.onnx", "max_abs_diff": 1e-6, "min_cosine": 1.0, "mAP_torch": 0.5, "mAP_onnx": 0.5,
-            "rank1_torch": 0.5, "rank1_onnx": 0.5, "mINP_torch": 0.2, "mINP_onnx": 0.2}
+    good = {
+        "onnx": "m.onnx",
+        "max_abs_diff": 1e-6,
+        "min_cosine": 1.0,
+        "mAP_torch": 0.5,
+        "mAP_onnx": 0.5,
+        "rank1_torch": 0.5,
+        "rank1_onnx": 0.5,
+        "mINP_torch": 0.2,
+        "mINP_onnx": 0.2,
+    }
     check_parity(good)
     with pytest.raises(ParityError, match="max abs difference.*min cosine.*mAP"):
         check_parity({**good, "max_abs_diff": 1e-3, "min_cosine": 0.99, "mAP_onnx": 0.49})
@@ -159,8 +170,19 @@ def test_parity_check_fails_loudly_beyond_its_bounds():
 def test_cross_dataset_evaluation_through_the_cli(run, other_data, tiny_data, capsys):
     from canlib.engine.cli import evaluation_path
 
-    argv = ["evaluate", "--run", str(run), "--dataset", "synthetic", "--data-root", str(other_data),
-            "--device", "cpu", "--flip-tta", "--rerank"]
+    argv = [
+        "evaluate",
+        "--run",
+        str(run),
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(other_data),
+        "--device",
+        "cpu",
+        "--flip-tta",
+        "--rerank",
+    ]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     recorded = list((run / "evaluations").glob("synthetic-*.json"))  # recorded in the run folder by default
@@ -199,20 +221,32 @@ def _bad_inputs(run: Path, other_parts_run: Path, other_data: Path, tmp: Path) -
     onnx = ["--onnx", str(tmp / "x.onnx")]
     return {
         "evaluate: no run folder": (["evaluate", "--run", str(tmp / "nope")], "nope does not exist"),
-        "evaluate: wrong root": (["evaluate", "--run", str(run), "--dataset", "market1501", "--data-root",
-                                  str(tmp / "nowhere")], "bounding_box_test"),
-        "evaluate: unknown data set": (["evaluate", "--run", str(run), "--dataset", "imagenet", "--data-root",
-                                        str(other_data)], "data.dataset must be one of"),
-        "evaluate: other parts": (["evaluate", "--run", str(other_parts_run), "--device", "cpu"],
-                                  r"do not fit .*parts \[1, 3\].*parts \[1, 3, 5, 7\]"),
-        "evaluate: tampered": (["evaluate", "--run", str(run), "--checkpoint", str(evil), "--device", "cpu"],
-                               "evil.pt: refused"),
+        "evaluate: wrong root": (
+            ["evaluate", "--run", str(run), "--dataset", "market1501", "--data-root", str(tmp / "nowhere")],
+            "bounding_box_test",
+        ),
+        "evaluate: unknown data set": (
+            ["evaluate", "--run", str(run), "--dataset", "imagenet", "--data-root", str(other_data)],
+            "data.dataset must be one of",
+        ),
+        "evaluate: other parts": (
+            ["evaluate", "--run", str(other_parts_run), "--device", "cpu"],
+            r"do not fit .*parts \[1, 3\].*parts \[1, 3, 5, 7\]",
+        ),
+        "evaluate: tampered": (
+            ["evaluate", "--run", str(run), "--checkpoint", str(evil), "--device", "cpu"],
+            "evil.pt: refused",
+        ),
         "export: no run folder": (["export", "--run", str(tmp / "nope"), *onnx], "nope does not exist"),
-        "export: wrong root": (["export", "--run", str(run), "--data-root", str(tmp / "nowhere"), *onnx],
-                               "not a directory"),
+        "export: wrong root": (
+            ["export", "--run", str(run), "--data-root", str(tmp / "nowhere"), *onnx],
+            "not a directory",
+        ),
         "export: other parts": (["export", "--run", str(other_parts_run), *onnx], "do not fit"),
-        "export: unwritable": (["export", "--run", str(run), "--onnx", str(tmp / "file" / "x.onnx"), "--no-check"],
-                               r"cannot write .*file/x\.onnx"),
+        "export: unwritable": (
+            ["export", "--run", str(run), "--onnx", str(tmp / "file" / "x.onnx"), "--no-check"],
+            r"cannot write .*file/x\.onnx",
+        ),
         "export: two runs": (["export", "--run", str(run), "--run", str(run), *onnx], "one run"),
     }
 

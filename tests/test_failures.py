@@ -27,8 +27,14 @@ from canlib.engine.trainer import CHECKPOINT, Trainer, TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-TINY = ["model.parts=[1,2]", "data.height=32", "data.width=16", "model.embed_dim=16",
-        "train.max_batches_per_epoch=1", "optim.epochs=1"]
+TINY = [
+    "model.parts=[1,2]",
+    "data.height=32",
+    "data.width=16",
+    "model.embed_dim=16",
+    "train.max_batches_per_epoch=1",
+    "optim.epochs=1",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +74,21 @@ def cli(caplog, *args: str) -> tuple[int, list[str]]:
 
 
 def train_args(root: Path, out: Path, *overrides: str, flags: tuple[str, ...] = ()) -> list[str]:
-    return ["train", "--config", str(SMOKE), "--data-root", str(root), "--output", str(out),
-            "--device", "cpu", "--no-progress", *flags, *TINY, *overrides]
+    return [
+        "train",
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(root),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *flags,
+        *TINY,
+        *overrides,
+    ]
 
 
 def one_line(code: int, errors: list[str], *words: str) -> None:
@@ -112,8 +131,9 @@ def test_a_folder_holding_a_run_is_refused_and_left_intact(tiny_data, run_copy, 
     code, errors = cli(caplog, *train_args(tiny_data, run_copy))
     one_line(code, errors, str(run_copy), "--resume", "--overwrite")
     # --overwrite with an input too short for part 5: refused before anything is written
-    code, errors = cli(caplog, *train_args(tiny_data, run_copy, "model.parts=[1,5]", "data.height=40",
-                                           flags=("--overwrite",)))
+    code, errors = cli(
+        caplog, *train_args(tiny_data, run_copy, "model.parts=[1,5]", "data.height=40", flags=("--overwrite",))
+    )
     one_line(code, errors, "data.height=40", "part5")
     assert snapshot(run_copy) == before
 
@@ -172,15 +192,19 @@ def _kill_at(monkeypatch, method: str, call: int, after: bool = False) -> None:
     monkeypatch.setattr(Trainer, method, wrapper)
 
 
-@pytest.mark.parametrize("method,call,after", [
-    ("train_one_epoch", 2, False),  # while training epoch 2
-    ("evaluate", 1, False),  # during the evaluation in the middle (after epoch 1)
-    ("save_checkpoint", 1, False),  # epoch 1 logged, its checkpoint not yet written
-    ("save_checkpoint", 1, True),  # just after the checkpoint of epoch 1
-    ("save_checkpoint", 2, False),  # the last epoch logged, its checkpoint not yet written
-])
-def test_a_kill_at_any_point_leaves_a_consistent_record(tiny_data, tmp_path, monkeypatch, stand_ins,
-                                                        method, call, after):
+@pytest.mark.parametrize(
+    "method,call,after",
+    [
+        ("train_one_epoch", 2, False),  # while training epoch 2
+        ("evaluate", 1, False),  # during the evaluation in the middle (after epoch 1)
+        ("save_checkpoint", 1, False),  # epoch 1 logged, its checkpoint not yet written
+        ("save_checkpoint", 1, True),  # just after the checkpoint of epoch 1
+        ("save_checkpoint", 2, False),  # the last epoch logged, its checkpoint not yet written
+    ],
+)
+def test_a_kill_at_any_point_leaves_a_consistent_record(
+    tiny_data, tmp_path, monkeypatch, stand_ins, method, call, after
+):
     run = tmp_path / "run"
     cfg = tiny_cfg(tiny_data, "optim.epochs=2", "train.eval_every=1")
     with monkeypatch.context() as patch:
@@ -219,8 +243,13 @@ def test_a_real_kill_before_the_checkpoint_keeps_the_log_consistent(tiny_data, t
     """A SIGKILL (no clean-up at all) in the window between an epoch's log line and its checkpoint."""
     run = tmp_path / "run"
     overrides = [f"data.root={tiny_data}", *TINY, "optim.epochs=2"]
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(SMOKE), str(run), *overrides],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(SMOKE), str(run), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr
     assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 1 and log_epochs(run) == [1, 2]
     train(load_config(SMOKE, overrides), run, device="cpu", resume=True)
@@ -228,14 +257,17 @@ def test_a_real_kill_before_the_checkpoint_keeps_the_log_consistent(tiny_data, t
 
 
 # ---------------------------------------------------------------- 3 and 4. one line, exit code 2, early
-@pytest.mark.parametrize("override,words", [
-    ("data.dataset=imagenet", ["data.dataset", "market1501", "imagenet"]),
-    ("model.parts=5", ["model.parts", "5"]),
-    ("model.parts=abc", ["model.parts", "abc"]),
-    ("eval.metric=foo", ["eval.metric", "cosine", "foo"]),
-    ("optim.lr=abc", ["optim.lr", "number", "abc"]),
-    ("model.parts=[1,3", ["model.parts=[1,3", "YAML"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("data.dataset=imagenet", ["data.dataset", "market1501", "imagenet"]),
+        ("model.parts=5", ["model.parts", "5"]),
+        ("model.parts=abc", ["model.parts", "abc"]),
+        ("eval.metric=foo", ["eval.metric", "cosine", "foo"]),
+        ("optim.lr=abc", ["optim.lr", "number", "abc"]),
+        ("model.parts=[1,3", ["model.parts=[1,3", "YAML"]),
+    ],
+)
 def test_bad_values_are_named_at_load_time(tiny_data, tmp_path, caplog, override, words):
     code, errors = cli(caplog, *train_args(tiny_data, tmp_path / "run", override))
     one_line(code, errors, *words)
@@ -256,8 +288,9 @@ def test_config_values_are_checked_by_type_and_choice():
 def test_a_yaml_syntax_error_names_the_file_and_line(tiny_data, tmp_path, caplog):
     profile = tmp_path / "broken.yaml"
     profile.write_text(f"base: {SMOKE}\noptim:\n  lr: [0.1\n  epochs: 2\n")
-    code, errors = cli(caplog, "train", "--config", str(profile), "--data-root", str(tiny_data),
-                       "--output", str(tmp_path / "run"))
+    code, errors = cli(
+        caplog, "train", "--config", str(profile), "--data-root", str(tiny_data), "--output", str(tmp_path / "run")
+    )
     one_line(code, errors, str(profile), "line 4")
 
 
@@ -281,8 +314,7 @@ def test_a_damaged_checkpoint_is_one_line(tiny_data, run_copy, caplog, damage):
     one_line(code, errors, "last.pt")
 
 
-def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_data, tmp_path, caplog, monkeypatch,
-                                                             stand_ins):
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_data, tmp_path, caplog, monkeypatch, stand_ins):
     def interrupted(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
@@ -313,8 +345,7 @@ def test_a_failed_final_evaluation_keeps_the_training(tiny_data, tmp_path, caplo
 
 
 # ---------------------------------------------------------------- 5. the same data at another spelling
-def test_resume_accepts_the_same_data_at_another_path(tiny_data, run_copy, data_copy, caplog, monkeypatch,
-                                                       stand_ins):
+def test_resume_accepts_the_same_data_at_another_path(tiny_data, run_copy, data_copy, caplog, monkeypatch, stand_ins):
     monkeypatch.chdir(tiny_data.parent)
     code, errors = cli(caplog, *train_args(Path(tiny_data.name + "/"), run_copy, flags=("--resume",)))
     assert code == 0, errors
@@ -352,9 +383,16 @@ def test_a_failed_checkpoint_write_names_the_path(tiny_data, tmp_path, caplog, m
 
 
 def test_market_names_must_match_whole(tmp_path):
-    tree = {"bounding_box_train": ["0001_c1s1_000151_01.jpg", "0001_c2s1_000152_01.jpg",
-                                   "0001_c1s1_000151_01 copy.jpg", "0002_c1s1_000153_01(1).jpg"],
-            "query": ["0003_c1s1_000154_01.jpg"], "bounding_box_test": ["0003_c2s1_000155_01.jpg"]}
+    tree = {
+        "bounding_box_train": [
+            "0001_c1s1_000151_01.jpg",
+            "0001_c2s1_000152_01.jpg",
+            "0001_c1s1_000151_01 copy.jpg",
+            "0002_c1s1_000153_01(1).jpg",
+        ],
+        "query": ["0003_c1s1_000154_01.jpg"],
+        "bounding_box_test": ["0003_c2s1_000155_01.jpg"],
+    }
     for folder, names in tree.items():
         (tmp_path / folder).mkdir()
         for name in names:

@@ -233,8 +233,10 @@ def test_large_gallery_index_bits():
     g_pids, g_cams = rng.integers(0, 50, ng), rng.integers(0, 4, ng)
     q_pids, q_cams = rng.integers(1, 50, 3), rng.integers(0, 4, 3)
     d = (rng.integers(0, 1000, (3, ng)) / 1000).astype(np.float32)
-    assert_same(evaluate(d, q_pids, g_pids, q_cams, g_cams, max_rank=50),
-                loop_reference(d, q_pids, g_pids, q_cams, g_cams, max_rank=50))
+    assert_same(
+        evaluate(d, q_pids, g_pids, q_cams, g_cams, max_rank=50),
+        loop_reference(d, q_pids, g_pids, q_cams, g_cams, max_rank=50),
+    )
 
 
 def test_torch_input_accepted():
@@ -243,8 +245,9 @@ def test_torch_input_accepted():
     while loop_reference(d, q_pids, g_pids, q_cams, g_cams) is None:
         d, q_pids, g_pids, q_cams, g_cams = random_problem(rng, "float64")
     as_np = evaluate(d, q_pids, g_pids, q_cams, g_cams, max_rank=MAX_RANK)
-    as_torch = evaluate(*(torch.from_numpy(np.asarray(a)) for a in (d, q_pids, g_pids, q_cams, g_cams)),
-                        max_rank=MAX_RANK)
+    as_torch = evaluate(
+        *(torch.from_numpy(np.asarray(a)) for a in (d, q_pids, g_pids, q_cams, g_cams)), max_rank=MAX_RANK
+    )
     assert as_np["mAP"] == as_torch["mAP"]
     np.testing.assert_array_equal(as_np["cmc"], as_torch["cmc"])
 
@@ -306,8 +309,13 @@ def test_cuhk03_classic_equals_market_cmc_with_one_image_per_id():
 
 def test_cuhk03_classic_single_shot_is_seeded_and_monotone():
     rng = np.random.default_rng(4)
-    d, q_pids, g_pids, q_cams, g_cams = rng.random((20, 80)), rng.integers(1, 8, 20), rng.integers(1, 8, 80), \
-        rng.integers(0, 2, 20), rng.integers(0, 2, 80)
+    d, q_pids, g_pids, q_cams, g_cams = (
+        rng.random((20, 80)),
+        rng.integers(1, 8, 20),
+        rng.integers(1, 8, 80),
+        rng.integers(0, 2, 20),
+        rng.integers(0, 2, 80),
+    )
     a = evaluate(d, q_pids, g_pids, q_cams, g_cams, protocol="cuhk03_classic", seed=1)
     b = evaluate(d, q_pids, g_pids, q_cams, g_cams, protocol="cuhk03_classic", seed=1)
     np.testing.assert_array_equal(a["cmc"], b["cmc"])
@@ -336,6 +344,7 @@ def test_evaluate_features_with_rerank_runs():
     rng = np.random.default_rng(1)
     q_pids, g_pids = rng.integers(1, 5, 10), rng.integers(1, 5, 30)
     qf, gf = rng.standard_normal((10, 4)), rng.standard_normal((30, 4))
-    r = evaluate_features(qf, gf, q_pids, g_pids, np.zeros(10), np.ones(30), rerank=True,
-                          rerank_kwargs={"k1": 5, "k2": 2})
+    r = evaluate_features(
+        qf, gf, q_pids, g_pids, np.zeros(10), np.ones(30), rerank=True, rerank_kwargs={"k1": 5, "k2": 2}
+    )
     assert r["rerank"] is True and 0 <= r["mAP"] <= 1

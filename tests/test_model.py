@@ -46,9 +46,16 @@ def test_default_model_is_the_papers(default_can: CAN) -> None:
     assert default_can.num_features == 16
     assert default_can.feature_names == [
         "part1.global",
-        "part3.global", "part3.local0", "part3.local1",
-        "part5.global", "part5.local0", "part5.local1", "part5.local2", "part5.local3",
-        "part7.global", *[f"part7.local{k}" for k in range(6)],
+        "part3.global",
+        "part3.local0",
+        "part3.local1",
+        "part5.global",
+        "part5.local0",
+        "part5.local1",
+        "part5.local2",
+        "part5.local3",
+        "part7.global",
+        *[f"part7.local{k}" for k in range(6)],
     ]
     assert default_can.global_indices == [0, 1, 4, 9]
     assert len(default_can.local_indices) == 12
@@ -246,8 +253,15 @@ def test_model_complexity() -> None:
 
 
 def test_complexity_table() -> None:
-    rows = complexity_table({"Part-1,2,3": (1, 2, 3)}, (False, True), input_size=SMALL_INPUT, num_classes=10,
-                            backbone=SLIM["backbone"], backbone_kwargs=SLIM["backbone_kwargs"], embed_dim=32)
+    rows = complexity_table(
+        {"Part-1,2,3": (1, 2, 3)},
+        (False, True),
+        input_size=SMALL_INPUT,
+        num_classes=10,
+        backbone=SLIM["backbone"],
+        backbone_kwargs=SLIM["backbone_kwargs"],
+        embed_dim=32,
+    )
     assert [(r["collaborative"], r["num_features"]) for r in rows] == [(False, 8), (True, 6)]
     # CA itself has no FLOPs counted, but the embedding then has fewer features to embed
     assert rows[0]["flops"] > rows[1]["flops"]
@@ -271,8 +285,7 @@ def test_embedding_bn_per_feature_has_its_own_statistics_per_feature() -> None:
     out = model(images(4))
     # Each feature is normalised over the batch alone: per feature and channel, mean 0 and variance 1.
     torch.testing.assert_close(out.features.mean(0), torch.zeros_like(out.features[0]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.features.var(0, unbiased=False), torch.ones_like(out.features[0]),
-                               atol=1e-2, rtol=0)
+    torch.testing.assert_close(out.features.var(0, unbiased=False), torch.ones_like(out.features[0]), atol=1e-2, rtol=0)
     shared = slim_can(embed_bn="shared").train()(images(4)).features
     assert not torch.allclose(shared.var(0, unbiased=False), torch.ones_like(shared[0]), atol=1e-2)
 

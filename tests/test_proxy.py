@@ -53,8 +53,10 @@ def test_val_ids_key_makes_build_dataset_return_the_validation_split(tiny_data):
         hold_out_validation(load_dataset("synthetic", tiny_data), 1000)
 
 
-@pytest.mark.parametrize("key, value", [("loss.clustering_input", "pre_bn"), ("model.embed_bn", "per_feature"),
-                                        ("loss.triplet_squared", False)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("loss.clustering_input", "pre_bn"), ("model.embed_bn", "per_feature"), ("loss.triplet_squared", False)],
+)
 def test_each_neck_key_changes_what_the_losses_see(key, value, tiny_data):
     base = load_config(SMOKE, [f"data.root={tiny_data}"])
     changed = load_config(SMOKE, [f"data.root={tiny_data}", f"{key}={value}"])
@@ -72,8 +74,7 @@ def test_each_neck_key_changes_what_the_losses_see(key, value, tiny_data):
 
 
 def test_trunk_state_dict_loads_as_a_pretrained_backbone(tmp_path):
-    kwargs = dict(parts=(1,), backbone="timm:resnet18", backbone_kwargs={"channels": [8, 16, 24, 32]},
-                  layer3_stride=1)
+    kwargs = dict(parts=(1,), backbone="timm:resnet18", backbone_kwargs={"channels": [8, 16, 24, 32]}, layer3_stride=1)
     torch.manual_seed(0)
     source = CAN(20, **kwargs)
     path = tmp_path / "trunk.pt"
@@ -87,8 +88,9 @@ def test_trunk_state_dict_loads_as_a_pretrained_backbone(tmp_path):
 
 
 def test_layer3_stride_1_gives_the_papers_map_height_at_192x64():
-    model = CAN(5, parts=(1, 3), backbone="timm:resnet18", backbone_kwargs={"channels": [8, 16, 24, 32]},
-                layer3_stride=1)
+    model = CAN(
+        5, parts=(1, 3), backbone="timm:resnet18", backbone_kwargs={"channels": [8, 16, 24, 32]}, layer3_stride=1
+    )
     assert model.output_stride == 8
     assert model.feature_maps(torch.zeros(1, 3, 192, 64))["part1"].shape[-2:] == (24, 8)
 
@@ -111,21 +113,31 @@ def test_the_committed_trunk_loads_and_its_identities_are_not_the_evaluation_set
     def appearance(identity) -> str:
         return repr(sorted((k, v) for k, v in dataclasses.asdict(identity).items() if k not in ("pid", "group")))
 
-    pre, _ = make_identities(list(range(1, made["ids"] + 1)), made["seed"], made["hard_negative_fraction"],
-                             made["group_size"])
-    ev, _ = make_identities(list(range(1, evaluation.ids + 1)), evaluation.seed, evaluation.hard_negative_fraction,
-                            evaluation.group_size)
+    pre, _ = make_identities(
+        list(range(1, made["ids"] + 1)), made["seed"], made["hard_negative_fraction"], made["group_size"]
+    )
+    ev, _ = make_identities(
+        list(range(1, evaluation.ids + 1)), evaluation.seed, evaluation.hard_negative_fraction, evaluation.group_size
+    )
     assert not {appearance(i) for i in pre} & {appearance(i) for i in ev}
 
 
 def _records(stage: str, values: dict[str, list[float]]) -> list[dict]:
-    return [{"table": stage, "row": row, "seed": s, "run": f"{row}{s}", "mAP": v}
-            for row, vs in values.items() for s, v in enumerate(vs)]
+    return [
+        {"table": stage, "row": row, "seed": s, "run": f"{row}{s}", "mAP": v}
+        for row, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
 
 
 def test_decide_keeps_the_default_unless_an_option_is_clearly_better():
-    stage = decide_mod.Stage("s", "q", "a", "why", (decide_mod.Option("a", ()), decide_mod.Option("b", ()),
-                                                     decide_mod.Option("ref", (), reference=True)))
+    stage = decide_mod.Stage(
+        "s",
+        "q",
+        "a",
+        "why",
+        (decide_mod.Option("a", ()), decide_mod.Option("b", ()), decide_mod.Option("ref", (), reference=True)),
+    )
     close = decide_mod.decide(stage, _records("s", {"a": [0.30, 0.32], "b": [0.31, 0.33], "ref": [0.9, 0.9]}))
     assert close.chosen == "a" and close.best == "b"  # 1 point ahead only: a tie; the reference never wins
     clear = decide_mod.decide(stage, _records("s", {"a": [0.30, 0.31], "b": [0.36, 0.37], "ref": [0.9, 0.9]}))

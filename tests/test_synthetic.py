@@ -21,8 +21,11 @@ NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +92,15 @@ def test_meta_and_groups(small_set: Path) -> None:
 def test_hard_negatives_differ_in_exactly_one_detail() -> None:
     identities, groups = make_identities(list(range(1, 41)), seed=0, hard_negative_fraction=1.0, group_size=3)
     assert sum(len(g) for g in groups) >= 38
-    fields = {"shoes": {"shoes"}, "logo": {"logo", "logo_color"}, "belt": {"belt"}, "bag": {"bag", "bag_color"},
-              "headwear": {"headwear", "headwear_color", "hair_style"}, "lower": {"lower"},
-              "pattern": {"upper_pattern"}}
+    fields = {
+        "shoes": {"shoes"},
+        "logo": {"logo", "logo_color"},
+        "belt": {"belt"},
+        "bag": {"bag", "bag_color"},
+        "headwear": {"headwear", "headwear_color", "hair_style"},
+        "lower": {"lower"},
+        "pattern": {"upper_pattern"},
+    }
     by_pid = {i.pid: i.to_json() for i in identities}
     for g in groups:
         detail = by_pid[g[0]]["detail"]
@@ -119,8 +128,7 @@ def test_sample_grid(small_set: Path) -> None:
     assert isinstance(grid, Image.Image) and grid.width > 6 * 64 and grid.height >= 4 * 128
 
 
-def test_cli_help_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_help_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import canlib.__main__ as cli
 
     monkeypatch.setattr(cli, "_COMMAND_MODULES", ("canlib.data.synthetic",))  # only this module's command
@@ -131,8 +139,28 @@ def test_cli_help_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for opt in ("--out", "--ids", "--seed", "--hard-negative-fraction", "--occlusion", "--misalignment", "--cameras"):
         assert opt in help_text
     out = tmp_path / "cli"
-    assert cli.main(["make-synthetic", "--out", str(out), "--ids", "8", "--images-per-id", "4", "--cameras", "3",
-                     "--height", "64", "--width", "32", "--grid", str(tmp_path / "grid.png")]) == 0
+    assert (
+        cli.main(
+            [
+                "make-synthetic",
+                "--out",
+                str(out),
+                "--ids",
+                "8",
+                "--images-per-id",
+                "4",
+                "--cameras",
+                "3",
+                "--height",
+                "64",
+                "--width",
+                "32",
+                "--grid",
+                str(tmp_path / "grid.png"),
+            ]
+        )
+        == 0
+    )
     assert Image.open(next((out / "query").iterdir())).size == (32, 64)
     assert json.loads((out / "meta.json").read_text())["statistics"]["cameras"] <= 3
     assert (tmp_path / "grid.png").is_file()

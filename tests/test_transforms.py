@@ -21,8 +21,9 @@ def test_shapes_and_normalisation() -> None:
     assert raw.shape == (3, 32, 16) and 0.0 <= raw.min() and raw.max() <= 1.0
 
 
-@pytest.mark.parametrize("opts", [dict(flip=True), dict(pad=10), dict(random_erasing=1.0),
-                                  dict(flip=True, pad=4, random_erasing=0.5)])
+@pytest.mark.parametrize(
+    "opts", [dict(flip=True), dict(pad=10), dict(random_erasing=1.0), dict(flip=True, pad=4, random_erasing=0.5)]
+)
 def test_augmentations_keep_shape(opts: dict) -> None:
     img = Image.new("RGB", (50, 100), (200, 10, 10))
     assert build_transforms(96, 32, train=True, **opts)(img).shape == (3, 96, 32)
@@ -53,8 +54,9 @@ def test_train_loader_workers_deterministic(tmp_path: Path) -> None:
     ds = load_dataset("synthetic", tmp_path / "s")
 
     def first_batch() -> torch.Tensor:
-        loader = build_train_loader(ds, height=32, width=16, p=4, k=2, seed=5, num_workers=1,
-                                    random_erasing=0.5, flip=True)
+        loader = build_train_loader(
+            ds, height=32, width=16, p=4, k=2, seed=5, num_workers=1, random_erasing=0.5, flip=True
+        )
         return next(iter(loader))[0]
 
     assert torch.equal(first_batch(), first_batch())

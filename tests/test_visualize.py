@@ -8,7 +8,15 @@ import torch
 
 from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from canlib.model import CAN
-from canlib.visualize import activation_map, activation_maps, highlight_regions, overlay, plot_ranked_lists, ranked_lists, to_image
+from canlib.visualize import (
+    activation_map,
+    activation_maps,
+    highlight_regions,
+    overlay,
+    plot_ranked_lists,
+    ranked_lists,
+    to_image,
+)
 
 SLIM = {"backbone": "timm:resnet18", "backbone_kwargs": {"channels": (16, 32, 64, 128)}, "embed_dim": 32}
 

@@ -68,8 +68,21 @@ def test_export_cli_by_run_folder_and_by_ablation_row(finished_run, tmp_path, ti
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / run_name).symlink_to(finished_run, target_is_directory=True)
-    args = ["export", "--config", str(SMOKE), "--data-root", str(tiny_data), "--seed", "0",
-            "--runs", str(runs), "--out-dir", str(tmp_path / "w"), "--row", "Table 3:Part-1,3,5,7"]
+    args = [
+        "export",
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(tiny_data),
+        "--seed",
+        "0",
+        "--runs",
+        str(runs),
+        "--out-dir",
+        str(tmp_path / "w"),
+        "--row",
+        "Table 3:Part-1,3,5,7",
+    ]
     assert main(args) == 0
     assert (tmp_path / "w" / f"{run_name}.pt").is_file()
 
@@ -123,7 +136,16 @@ def test_an_exported_file_evaluates_like_the_run(finished_run, tmp_path, capsys)
     from canlib.__main__ import main
 
     path = export_weights(finished_run, tmp_path / "w.pt", dtype=None)
-    args = ["evaluate", "--run", str(finished_run), "--checkpoint", str(path), "--device", "cpu",
-            "--out", str(tmp_path / "e.json")]
+    args = [
+        "evaluate",
+        "--run",
+        str(finished_run),
+        "--checkpoint",
+        str(path),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "e.json"),
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["mAP"] == json.loads((finished_run / "metrics.json").read_text())["mAP"]

@@ -55,6 +55,7 @@ def find_unreadable(paths: Sequence[str], workers: int | None = None) -> dict[st
 
     Decoding runs in ``workers`` threads (default: one per core; PIL releases the GIL).
     """
+
     def check(path: str) -> str | None:
         try:
             read_image(path)
@@ -83,8 +84,9 @@ def locate_root(root: str | os.PathLike[str], candidates: Sequence[str], require
     """
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise DatasetLayoutError(f"{what}: root {str(base)!r} is not a directory; "
-                                 f"expected a folder holding {', '.join(required)}")
+        raise DatasetLayoutError(
+            f"{what}: root {str(base)!r} is not a directory; expected a folder holding {', '.join(required)}"
+        )
     tried = [base] + [base / c for c in candidates]
     for folder in tried:
         if all((folder / r).exists() for r in required):
@@ -152,17 +154,25 @@ class ReIDDataset:
         self.num_train_cams = len({cam for _, _, cam in self.train})
         if check_stats and self.official:
             self.check_statistics()
-        logger.info("loaded %s from %s: %d train ids / %d images, %d query, %d gallery",
-                    self.name, self.root, self.num_train_pids, len(self.train), len(self.query), len(self.gallery))
+        logger.info(
+            "loaded %s from %s: %d train ids / %d images, %d query, %d gallery",
+            self.name,
+            self.root,
+            self.num_train_pids,
+            len(self.train),
+            len(self.query),
+            len(self.gallery),
+        )
 
-    def verify_images(self, subsets: Sequence[str] = ("train", "query", "gallery"),
-                      part: tuple[int, int] = (0, 1)) -> int:
+    def verify_images(
+        self, subsets: Sequence[str] = ("train", "query", "gallery"), part: tuple[int, int] = (0, 1)
+    ) -> int:
         """Decode every image of ``subsets`` once; return how many, or raise :class:`ImageReadError`
         (one line: how many do not decode and the first one's file and reason).
 
         ``part=(i, n)`` checks only every n-th image from the i-th (one of n processes' share).
         """
-        paths = [path for subset in subsets for path, _, _ in getattr(self, subset)][part[0]::part[1]]
+        paths = [path for subset in subsets for path, _, _ in getattr(self, subset)][part[0] :: part[1]]
         bad = find_unreadable(paths)
         if bad:
             more = f" (and {len(bad) - 1} more of the {len(paths):,} images)" if len(bad) > 1 else ""
@@ -204,19 +214,31 @@ class ReIDDataset:
     def check_statistics(self) -> list[str]:
         """Compare :meth:`statistics` with ``official``; warn and return the differences."""
         found = self.statistics()
-        diffs = [f"{key} {found[key]:,} (official {value:,})" for key, value in self.official.items()
-                 if key in found and found[key] != value]
+        diffs = [
+            f"{key} {found[key]:,} (official {value:,})"
+            for key, value in self.official.items()
+            if key in found and found[key] != value
+        ]
         if diffs:
-            warnings.warn(f"{self.name} at {self.root!r}: counts differ from the official statistics: "
-                          + "; ".join(diffs), StatisticsMismatchWarning, stacklevel=3)
+            warnings.warn(
+                f"{self.name} at {self.root!r}: counts differ from the official statistics: " + "; ".join(diffs),
+                StatisticsMismatchWarning,
+                stacklevel=3,
+            )
         return diffs
 
     def summary(self) -> str:
         """A small table: subset, ids, images, cameras."""
         rows = [("subset", "ids", "images", "cameras")]
         for subset, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
-            rows.append((subset, f"{len({p for _, p, _ in records}):,}", f"{len(records):,}",
-                         f"{len({c for _, _, c in records}):,}"))
+            rows.append(
+                (
+                    subset,
+                    f"{len({p for _, p, _ in records}):,}",
+                    f"{len(records):,}",
+                    f"{len({c for _, _, c in records}):,}",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"{self.name} ({self.root})"]
         for i, row in enumerate(rows):
@@ -225,10 +247,14 @@ class ReIDDataset:
             if i == 0:
                 lines.append("  " + "-+-".join("-" * w for w in widths))
         if self.num_junk:
-            lines.append(f"  gallery junk (pid -1) found: {self.num_junk:,}"
-                         + ("" if any(p == JUNK_PID for _, p, _ in self.gallery) else ", dropped"))
+            lines.append(
+                f"  gallery junk (pid -1) found: {self.num_junk:,}"
+                + ("" if any(p == JUNK_PID for _, p, _ in self.gallery) else ", dropped")
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={self.root!r}, train={len(self.train)}, "
-                f"query={len(self.query)}, gallery={len(self.gallery)})")
+        return (
+            f"{type(self).__name__}(root={self.root!r}, train={len(self.train)}, "
+            f"query={len(self.query)}, gallery={len(self.gallery)})"
+        )

@@ -57,17 +57,29 @@ class ImageCache:
         return self.images.numel() * self.images.element_size()
 
     @classmethod
-    def build(cls, records: Sequence[Record], height: int, width: int, storage: torch.device | str = "cpu",
-              num_workers: int = 0, batch_size: int = 64) -> "ImageCache":
+    def build(
+        cls,
+        records: Sequence[Record],
+        height: int,
+        width: int,
+        storage: torch.device | str = "cpu",
+        num_workers: int = 0,
+        batch_size: int = 64,
+    ) -> "ImageCache":
         """Decode every record once (``num_workers`` loader processes) into a tensor on ``storage``."""
         storage = torch.device(storage)
         images = torch.empty((len(records), 3, height, width), dtype=torch.uint8, device=storage)
         # Its own generator: building the cache never draws from the global one (augmentation's).
-        loader = DataLoader(ImageDataset(records, decode_steps(height, width)), batch_size=batch_size,
-                            shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            ImageDataset(records, decode_steps(height, width)),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )
         start = 0
         for batch, _, _ in loader:
-            images[start:start + len(batch)] = batch.as_subclass(torch.Tensor).to(storage)
+            images[start : start + len(batch)] = batch.as_subclass(torch.Tensor).to(storage)
             start += len(batch)
         pids = torch.tensor([r[1] for r in records], dtype=torch.long)
         camids = torch.tensor([r[2] for r in records], dtype=torch.long)
@@ -84,8 +96,13 @@ def cache_storage(mode: str, device: torch.device, nbytes: int) -> torch.device:
         return torch.device("cpu")
     free, _ = torch.cuda.mem_get_info(device)
     if nbytes > DEVICE_SHARE * free:
-        log.warning("data.cache=device: the cache (%.1f GB) exceeds %.0f%% of the free GPU memory (%.1f GB); "
-                    "keeping it in host memory", nbytes / 1e9, 100 * DEVICE_SHARE, free / 1e9)
+        log.warning(
+            "data.cache=device: the cache (%.1f GB) exceeds %.0f%% of the free GPU memory (%.1f GB); "
+            "keeping it in host memory",
+            nbytes / 1e9,
+            100 * DEVICE_SHARE,
+            free / 1e9,
+        )
         return torch.device("cpu")
     return device
 
@@ -97,10 +114,18 @@ class BatchAugment:
     per image in the file pipeline's order from torch's global generator.
     """
 
-    def __init__(self, height: int, width: int, flip: bool = False, pad: int = 0, random_erasing: float = 0.0,
-                 normalize: bool = True) -> None:
-        steps = build_transforms(height, width, train=True, flip=flip, pad=pad, random_erasing=random_erasing,
-                                 normalize=normalize).transforms
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        flip: bool = False,
+        pad: int = 0,
+        random_erasing: float = 0.0,
+        normalize: bool = True,
+    ) -> None:
+        steps = build_transforms(
+            height, width, train=True, flip=flip, pad=pad, random_erasing=random_erasing, normalize=normalize
+        ).transforms
         self.flip = next((t for t in steps if isinstance(t, v2.RandomHorizontalFlip)), None)
         self.crop = next((t for t in steps if isinstance(t, v2.RandomCrop)), None)
         self.erase = next((t for t in steps if isinstance(t, v2.RandomErasing)), None)
@@ -137,15 +162,16 @@ class BatchAugment:
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         if self.crop is not None:
             x = F.pad(x, [self.pad] * 4)
-            x = torch.stack([x[b, :, t:t + self.height, l:l + self.width]
-                             for b, (t, l) in enumerate(p["crop"] for p in params)])
+            x = torch.stack(
+                [x[b, :, t : t + self.height, l : l + self.width] for b, (t, l) in enumerate(p["crop"] for p in params)]
+            )
         x = TF.to_dtype(x, torch.float32, scale=True)
         if self.normalize:
             x = TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
         for b, p in enumerate(params):
             if p.get("erase") is not None:
                 i, j, h, w, v = p["erase"]
-                x[b, :, i:i + h, j:j + w] = v.to(x.device, x.dtype)
+                x[b, :, i : i + h, j : j + w] = v.to(x.device, x.dtype)
         return x
 
 
@@ -159,8 +185,17 @@ class CachedTrainLoader:
     global batch ``batch_sampler`` yields; augmentation is drawn for the whole global batch.
     """
 
-    def __init__(self, records: Sequence[Record], batch_sampler: Any, augment: BatchAugment, mode: str,
-                 device: torch.device | str, num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        batch_sampler: Any,
+        augment: BatchAugment,
+        mode: str,
+        device: torch.device | str,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if mode not in CACHE_MODES[1:]:
             raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
         self.records, self.batch_sampler, self.augment = list(records), batch_sampler, augment
@@ -188,6 +223,6 @@ class CachedTrainLoader:
             params = None
             if self.augment.random:  # draws for the global batch, this rank's slice
                 drawn = self.augment.draw(len(indices) * self.world_size)
-                params = drawn[self.rank * len(indices):(self.rank + 1) * len(indices)]
+                params = drawn[self.rank * len(indices) : (self.rank + 1) * len(indices)]
             raw = cache.images[idx.to(cache.images.device)].to(self.device, non_blocking=True)
             yield self.augment(raw, params), cache.pids[idx], cache.camids[idx]

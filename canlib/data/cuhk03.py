@@ -53,9 +53,12 @@ def _load_image(mat: Any, ref: Any) -> np.ndarray | None:
     return np.ascontiguousarray(data.transpose(2, 1, 0))  # (3, W, H) -> (H, W, 3)
 
 
-def convert_cuhk03_np(raw_mat: str | os.PathLike[str], config_dir: str | os.PathLike[str],
-                      out_root: str | os.PathLike[str],
-                      variants: Sequence[str] = ("labeled", "detected")) -> dict[str, dict[str, int]]:
+def convert_cuhk03_np(
+    raw_mat: str | os.PathLike[str],
+    config_dir: str | os.PathLike[str],
+    out_root: str | os.PathLike[str],
+    variants: Sequence[str] = ("labeled", "detected"),
+) -> dict[str, dict[str, int]]:
     """Write the CUHK03-NP layout under ``out_root/cuhk03-np``; returns the images written per variant and split."""
     try:
         import h5py

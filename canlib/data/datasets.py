@@ -56,9 +56,11 @@ class MarketLayoutDataset(ReIDDataset):
         query = self._parse(self.dataset_dir / "query", skipped, train=False)
         gallery = self._parse(self.dataset_dir / "bounding_box_test", skipped, train=False, keep_junk=True)
         if skipped:  # one warning for the whole data set
-            warnings.warn(f"{self.name}: skipped {len(skipped)} file(s) under {str(self.dataset_dir)!r} whose "
-                          f"names are not PPPP_cC[sS]_NNNN[_NN].ext with a known camera (e.g. {skipped[0]!r})",
-                          stacklevel=2)
+            warnings.warn(
+                f"{self.name}: skipped {len(skipped)} file(s) under {str(self.dataset_dir)!r} whose "
+                f"names are not PPPP_cC[sS]_NNNN[_NN].ext with a known camera (e.g. {skipped[0]!r})",
+                stacklevel=2,
+            )
         query = [r for r in query if r[1] != JUNK_PID]
         super().__init__(train, query, gallery, root=self.dataset_dir, **options)
 
@@ -98,8 +100,14 @@ class Market1501(MarketLayoutDataset):
     candidates = ("Market-1501-v15.09.15", "Market-1501", "market1501", "market1501/Market-1501-v15.09.15")
     num_cameras = 6
     official: ClassVar[Mapping[str, int]] = {
-        "train_ids": 751, "train_images": 12936, "query_ids": 750, "query_images": 3368,
-        "gallery_ids": 751, "gallery_images": 15913, "gallery_junk": 3819, "cameras": 6,
+        "train_ids": 751,
+        "train_images": 12936,
+        "query_ids": 750,
+        "query_images": 3368,
+        "gallery_ids": 751,
+        "gallery_images": 15913,
+        "gallery_junk": 3819,
+        "cameras": 6,
     }
 
 
@@ -117,8 +125,13 @@ class DukeMTMCReID(MarketLayoutDataset):
     candidates = ("DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid")
     num_cameras = 8
     official: ClassVar[Mapping[str, int]] = {
-        "train_ids": 702, "train_images": 16522, "query_ids": 702, "query_images": 2228,
-        "gallery_ids": 1110, "gallery_images": 17661, "cameras": 8,
+        "train_ids": 702,
+        "train_images": 16522,
+        "query_ids": 702,
+        "query_images": 2228,
+        "gallery_ids": 1110,
+        "gallery_images": 17661,
+        "cameras": 8,
     }
 
 
@@ -135,10 +148,22 @@ class CUHK03NP(MarketLayoutDataset):
 
     name: ClassVar[str] = "cuhk03np"
     variants: ClassVar[dict[str, dict[str, int]]] = {
-        "labeled": {"train_ids": 767, "train_images": 7368, "query_ids": 700, "query_images": 1400,
-                    "gallery_ids": 700, "gallery_images": 5328},
-        "detected": {"train_ids": 767, "train_images": 7365, "query_ids": 700, "query_images": 1400,
-                     "gallery_ids": 700, "gallery_images": 5332},
+        "labeled": {
+            "train_ids": 767,
+            "train_images": 7368,
+            "query_ids": 700,
+            "query_images": 1400,
+            "gallery_ids": 700,
+            "gallery_images": 5328,
+        },
+        "detected": {
+            "train_ids": 767,
+            "train_images": 7365,
+            "query_ids": 700,
+            "query_images": 1400,
+            "gallery_ids": 700,
+            "gallery_images": 5332,
+        },
     }
 
     def __init__(self, root: str | os.PathLike[str], variant: str = "labeled", **options: Any) -> None:
@@ -163,12 +188,23 @@ class MSMT17(ReIDDataset):
     """
 
     name: ClassVar[str] = "msmt17"
-    candidates: ClassVar[tuple[str, ...]] = ("MSMT17_V1", "MSMT17_V2", "MSMT17", "msmt17",
-                                             "msmt17/MSMT17_V1", "msmt17/MSMT17_V2")
+    candidates: ClassVar[tuple[str, ...]] = (
+        "MSMT17_V1",
+        "MSMT17_V2",
+        "MSMT17",
+        "msmt17",
+        "msmt17/MSMT17_V1",
+        "msmt17/MSMT17_V2",
+    )
     lists: ClassVar[tuple[str, ...]] = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
     official: ClassVar[Mapping[str, int]] = {
-        "train_ids": 1041, "train_images": 32621, "query_ids": 3060, "query_images": 11659,
-        "gallery_ids": 3060, "gallery_images": 82161, "cameras": 15,
+        "train_ids": 1041,
+        "train_images": 32621,
+        "query_ids": 3060,
+        "query_images": 11659,
+        "gallery_ids": 3060,
+        "gallery_images": 82161,
+        "cameras": 15,
     }
 
     def __init__(self, root: str | os.PathLike[str], combine_train_val: bool = True, **options: Any) -> None:
@@ -190,14 +226,16 @@ class MSMT17(ReIDDataset):
         base = Path(root).expanduser()
         for folder in [base] + [base / c for c in self.candidates]:
             if all((folder / f).is_file() for f in self.lists) and (
-                    ((folder / "train").is_dir() and (folder / "test").is_dir())
-                    or ((folder / "mask_train_v2").is_dir() and (folder / "mask_test_v2").is_dir())):
+                ((folder / "train").is_dir() and (folder / "test").is_dir())
+                or ((folder / "mask_train_v2").is_dir() and (folder / "mask_test_v2").is_dir())
+            ):
                 return folder
         raise DatasetLayoutError(
             f"msmt17: no folder with the expected layout under root {str(base)!r}. Expected "
             f"{', '.join(self.lists)} and the image folders 'train/' + 'test/' (v1) or 'mask_train_v2/' + "
             f"'mask_test_v2/' (v2), in the root itself or in one of {', '.join(self.candidates)}. "
-            "canlib downloads nothing: place the data set there yourself.")
+            "canlib downloads nothing: place the data set there yourself."
+        )
 
     @staticmethod
     def _read_list(list_file: Path, image_dir: Path) -> list[Record]:
@@ -245,8 +283,16 @@ DATASETS: dict[str, Callable[..., ReIDDataset]] = {
     "folder": MarketLayoutDataset,
 }
 
-_ALIASES = {"market": "market1501", "market-1501": "market1501", "duke": "dukemtmc", "dukemtmcreid": "dukemtmc",
-            "dukemtmc-reid": "dukemtmc", "cuhk03": "cuhk03np", "cuhk03-np": "cuhk03np", "msmt": "msmt17"}
+_ALIASES = {
+    "market": "market1501",
+    "market-1501": "market1501",
+    "duke": "dukemtmc",
+    "dukemtmcreid": "dukemtmc",
+    "dukemtmc-reid": "dukemtmc",
+    "cuhk03": "cuhk03np",
+    "cuhk03-np": "cuhk03np",
+    "msmt": "msmt17",
+}
 
 
 def dataset_names() -> tuple[str, ...]:

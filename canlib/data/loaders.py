@@ -47,28 +47,59 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_train_loader(dataset: ReIDDataset, height: int = 384, width: int = 128, p: int = 8, k: int = 4,
-                       seed: int = 0, num_workers: int = 0, epoch: str = "ids", rank: int = 0, world_size: int = 1,
-                       pin_memory: bool = False, **transform_opts: Any) -> DataLoader:
+def build_train_loader(
+    dataset: ReIDDataset,
+    height: int = 384,
+    width: int = 128,
+    p: int = 8,
+    k: int = 4,
+    seed: int = 0,
+    num_workers: int = 0,
+    epoch: str = "ids",
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    **transform_opts: Any,
+) -> DataLoader:
     """PK-sampled training loader over ``dataset.train``; call ``loader.batch_sampler.set_epoch(e)`` each epoch.
 
     ``transform_opts`` go to :func:`build_transforms` (``flip``, ``pad``, ``random_erasing``, ``normalize``).
     """
     transform = build_transforms(height, width, train=True, **transform_opts)
-    sampler = PKSampler([pid for _, pid, _ in dataset.train], p=p, k=k, seed=seed, rank=rank,
-                        world_size=world_size, epoch=epoch)
+    sampler = PKSampler(
+        [pid for _, pid, _ in dataset.train], p=p, k=k, seed=seed, rank=rank, world_size=world_size, epoch=epoch
+    )
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ImageDataset(dataset.train, transform), batch_sampler=sampler, num_workers=num_workers,
-                      worker_init_fn=seed_worker, generator=generator, pin_memory=pin_memory,
-                      persistent_workers=False)
+    return DataLoader(
+        ImageDataset(dataset.train, transform),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
-def build_test_loaders(dataset: ReIDDataset, height: int = 384, width: int = 128, batch_size: int = 64,
-                       num_workers: int = 0, normalize: bool = True,
-                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+def build_test_loaders(
+    dataset: ReIDDataset,
+    height: int = 384,
+    width: int = 128,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    normalize: bool = True,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader]:
     """``(query_loader, gallery_loader)`` in record order, no shuffling, resize (+ normalise) only."""
     transform = build_transforms(height, width, train=False, normalize=normalize)
-    loaders = tuple(DataLoader(ImageDataset(records, transform), batch_size=batch_size, shuffle=False,
-                               num_workers=num_workers, pin_memory=pin_memory)
-                    for records in (dataset.query, dataset.gallery))
+    loaders = tuple(
+        DataLoader(
+            ImageDataset(records, transform),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        for records in (dataset.query, dataset.gallery)
+    )
     return loaders[0], loaders[1]

@@ -31,8 +31,16 @@ from torch.utils.data import Sampler
 class PKSampler(Sampler[list[int]]):
     """A batch sampler yielding lists of ``p * k`` dataset indices (p distinct ids, k images each)."""
 
-    def __init__(self, pids: Sequence[int], p: int = 8, k: int = 4, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, epoch: str = "ids") -> None:
+    def __init__(
+        self,
+        pids: Sequence[int],
+        p: int = 8,
+        k: int = 4,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: str = "ids",
+    ) -> None:
         if p < 1 or k < 1:
             raise ValueError(f"p and k must be positive, got p={p}, k={k}")
         if not 0 <= rank < world_size:
@@ -67,7 +75,7 @@ class PKSampler(Sampler[list[int]]):
         if self.mode == "ids":
             order = [self.pids[i] for i in rng.permutation(len(self.pids))]
             for b in range(len(order) // self.p):
-                batches.append([i for pid in order[b * self.p:(b + 1) * self.p] for i in self._group(pid, rng)])
+                batches.append([i for pid in order[b * self.p : (b + 1) * self.p] for i in self._group(pid, rng)])
         else:
             groups: dict[int, list[list[int]]] = {}
             for pid in self.pids:
@@ -76,7 +84,7 @@ class PKSampler(Sampler[list[int]]):
                     groups[pid] = [self._group(pid, rng)]
                 else:
                     perm = [int(i) for i in rng.permutation(idx)]
-                    groups[pid] = [perm[j * self.k:(j + 1) * self.k] for j in range(len(perm) // self.k)]
+                    groups[pid] = [perm[j * self.k : (j + 1) * self.k] for j in range(len(perm) // self.k)]
             while True:
                 alive = [pid for pid in self.pids if groups[pid]]
                 if len(alive) < self.p:
@@ -90,7 +98,7 @@ class PKSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._epoch_batches()
         usable = len(batches) - len(batches) % self.world_size
-        yield from batches[self.rank:usable:self.world_size]
+        yield from batches[self.rank : usable : self.world_size]
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch."""

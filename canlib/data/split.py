@@ -54,8 +54,10 @@ def hold_out_validation(dataset: ReIDDataset, num_ids: int, seed: int = 0) -> Re
     raw_of = {new: raw for raw, new in dataset.pid_map.items()}
     raw_pids = sorted(raw_of.values())
     if not 0 < num_ids < len(raw_pids) - 1:
-        raise ValueError(f"data.val_ids must be between 1 and {len(raw_pids) - 2} for {dataset.name} "
-                         f"({len(raw_pids)} training identities), got {num_ids}")
+        raise ValueError(
+            f"data.val_ids must be between 1 and {len(raw_pids) - 2} for {dataset.name} "
+            f"({len(raw_pids)} training identities), got {num_ids}"
+        )
     rng = random.Random(seed)
     held = set(rng.sample(raw_pids, num_ids))
     train: list[Record] = []
@@ -72,6 +74,11 @@ def hold_out_validation(dataset: ReIDDataset, num_ids: int, seed: int = 0) -> Re
     split = ReIDDataset(train, query, gallery, root=dataset.root, check_stats=False)
     split.name = f"{dataset.name}[val {num_ids} ids, seed {seed}]"
     split.held_out_pids = sorted(held)
-    logger.info("validation split: %d of %d training ids held out (%d query, %d gallery images)",
-                num_ids, len(raw_pids), len(query), len(gallery))
+    logger.info(
+        "validation split: %d of %d training ids held out (%d query, %d gallery images)",
+        num_ids,
+        len(raw_pids),
+        len(query),
+        len(gallery),
+    )
     return split

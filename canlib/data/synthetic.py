@@ -132,8 +132,9 @@ def plan_images(cfg: SyntheticConfig, train: Sequence[int], test: Sequence[int])
             seq, frame = int(rng.integers(1, 7)), int(rng.integers(100, 9000)) * 10
             query_at = int(rng.integers(n)) if pid in test_set else -1
             for i in range(int(n)):
-                subset = ("bounding_box_train" if pid not in test_set
-                          else "query" if i == query_at else "bounding_box_test")
+                subset = (
+                    "bounding_box_train" if pid not in test_set else "query" if i == query_at else "bounding_box_test"
+                )
                 specs.append(ImageSpec(subset, "id", pid, cam, seq, frame, i))
                 frame += int(rng.integers(5, 60))
     n_gallery = sum(1 for s in specs if s.subset == "bounding_box_test")
@@ -141,8 +142,15 @@ def plan_images(cfg: SyntheticConfig, train: Sequence[int], test: Sequence[int])
     names = {s.filename for s in specs}
     for kind, pid, fraction in (("distractor", 0, cfg.distractors), ("junk", -1, cfg.junk)):
         for i in range(int(round(fraction * n_gallery))):
-            spec = ImageSpec("bounding_box_test", kind, pid, int(rng.integers(cfg.cameras)), int(rng.integers(1, 7)),
-                             int(rng.integers(100, 99999)) * 10, i)
+            spec = ImageSpec(
+                "bounding_box_test",
+                kind,
+                pid,
+                int(rng.integers(cfg.cameras)),
+                int(rng.integers(1, 7)),
+                int(rng.integers(100, 99999)) * 10,
+                i,
+            )
             while spec.filename in names:
                 spec = dataclasses.replace(spec, box=spec.box + 1)
             names.add(spec.filename)
@@ -161,8 +169,9 @@ class Renderer:
         cfg, cam = self.cfg, self.cameras[spec.cam]
         code = _KIND_CODE[spec.kind]
         rng = np.random.default_rng([cfg.seed, 600 + code, max(spec.pid, 0), spec.cam, spec.seq, spec.index])
-        track = np.random.default_rng([cfg.seed, 500 + code, max(spec.pid, 0), spec.cam, spec.seq,
-                                       spec.index if spec.kind != "id" else 0])
+        track = np.random.default_rng(
+            [cfg.seed, 500 + code, max(spec.pid, 0), spec.cam, spec.seq, spec.index if spec.kind != "id" else 0]
+        )
         ss = cfg.supersample
         size = (cfg.width * ss, cfg.height * ss)
         img = Image.new("RGB", size)
@@ -188,8 +197,10 @@ class Renderer:
             ph = size[1] * 0.9 * ident.height * scale
             cx, top = size[0] * (0.5 + dx), (size[1] - ph) / 2 + dy * size[1]
             sx, sy = cx, top + ph * 0.985
-            draw.ellipse([sx - 0.16 * ph, sy - 0.02 * ph, sx + 0.16 * ph, sy + 0.02 * ph],
-                         fill=tuple(int(c * 0.6) for c in cam.ground_color))
+            draw.ellipse(
+                [sx - 0.16 * ph, sy - 0.02 * ph, sx + 0.16 * ph, sy + 0.02 * ph],
+                fill=tuple(int(c * 0.6) for c in cam.ground_color),
+            )
             stride = float(rng.uniform(0.05, 0.4))
             pose = Pose(view=view, phase=float(rng.uniform(0, 2 * np.pi)), stride=stride, arm_swing=0.7 * stride)
             PersonPainter(draw, cx, top, ph).person(ident, pose)
@@ -232,8 +243,15 @@ def dataset_statistics(specs: Sequence[ImageSpec]) -> dict[str, int]:
     }
 
 
-def make_synthetic(out_dir: str | os.PathLike[str], ids: int = 500, seed: int = 0, *, workers: int = 1,
-                   overwrite: bool = False, **knobs: Any) -> dict[str, Any]:
+def make_synthetic(
+    out_dir: str | os.PathLike[str],
+    ids: int = 500,
+    seed: int = 0,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    **knobs: Any,
+) -> dict[str, Any]:
     """Generate the set in ``out_dir``; ``knobs`` are the other fields of :class:`SyntheticConfig`.
 
     Returns the statistics (also in ``meta.json``) plus ``seconds`` and ``images_per_second``.
@@ -248,15 +266,16 @@ def make_synthetic(out_dir: str | os.PathLike[str], ids: int = 500, seed: int = 
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     start = time.perf_counter()
-    identities, groups = make_identities(list(range(1, cfg.ids + 1)), cfg.seed, cfg.hard_negative_fraction,
-                                         cfg.group_size)
+    identities, groups = make_identities(
+        list(range(1, cfg.ids + 1)), cfg.seed, cfg.hard_negative_fraction, cfg.group_size
+    )
     train, test = split_ids(cfg, groups)
     specs = plan_images(cfg, train, test)
     cameras = make_cameras(cfg.cameras, cfg.seed, cfg.camera_strength, cfg.noise, cfg.blur)
     renderer = Renderer(cfg, {i.pid: i for i in identities}, cameras)
     for s in SUBSETS:
         (out / s).mkdir(parents=True, exist_ok=True)
-    batches = [(str(out), specs[i:i + 64]) for i in range(0, len(specs), 64)]
+    batches = [(str(out), specs[i : i + 64]) for i in range(0, len(specs), 64)]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(renderer,)) as pool:
             list(pool.map(_write_batch, batches))
@@ -266,11 +285,14 @@ def make_synthetic(out_dir: str | os.PathLike[str], ids: int = 500, seed: int = 
             _write_batch(batch)
     stats = dataset_statistics(specs)
     meta = {
-        "generator": "canlib.data.synthetic", "version": GENERATOR_VERSION,
-        "arguments": dataclasses.asdict(cfg), "statistics": stats,
+        "generator": "canlib.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "arguments": dataclasses.asdict(cfg),
+        "statistics": stats,
         "files": {s: sum(1 for x in specs if x.subset == s) for s in SUBSETS},
         "distractors": sum(1 for x in specs if x.kind == "distractor"),
-        "train_pids": train, "test_pids": test,
+        "train_pids": train,
+        "test_pids": test,
         "groups": [{"pids": g, "detail": identities[g[0] - 1].detail} for g in groups],
         "cameras": [dataclasses.asdict(c) for c in cameras],
     }
@@ -278,23 +300,27 @@ def make_synthetic(out_dir: str | os.PathLike[str], ids: int = 500, seed: int = 
     (out / "identities.json").write_text(json.dumps([i.to_json() for i in identities], indent=1, sort_keys=True) + "\n")
     (out / "README.txt").write_text(_readme(cfg, stats))
     seconds = time.perf_counter() - start
-    logger.info("synthetic set: %d images in %.1f s (%.0f images/s) at %s",
-                len(specs), seconds, len(specs) / seconds, out)
+    logger.info(
+        "synthetic set: %d images in %.1f s (%.0f images/s) at %s", len(specs), seconds, len(specs) / seconds, out
+    )
     return {**stats, "files_total": len(specs), "seconds": seconds, "images_per_second": len(specs) / seconds}
 
 
 def _readme(cfg: SyntheticConfig, stats: dict[str, int]) -> str:
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(cfg).items())
-    return (f"Synthetic person re-identification set, canlib generator version {GENERATOR_VERSION}.\n"
-            "Market-1501 layout: bounding_box_train/, query/, bounding_box_test/; names PPPP_cCsS_FFFFFF_BB.jpg;\n"
-            "pid 0000 = distractor, -1 = junk (ignored by the evaluator). meta.json: arguments, counts, hard-negative\n"
-            "groups, cameras; identities.json: the attributes of every id. Procedurally drawn; no real person.\n"
-            f"Regenerate byte-identically with: python -m canlib make-synthetic --out DIR {args}\n"
-            f"Counts: {json.dumps(stats, sort_keys=True)}\n")
+    return (
+        f"Synthetic person re-identification set, canlib generator version {GENERATOR_VERSION}.\n"
+        "Market-1501 layout: bounding_box_train/, query/, bounding_box_test/; names PPPP_cCsS_FFFFFF_BB.jpg;\n"
+        "pid 0000 = distractor, -1 = junk (ignored by the evaluator). meta.json: arguments, counts, hard-negative\n"
+        "groups, cameras; identities.json: the attributes of every id. Procedurally drawn; no real person.\n"
+        f"Regenerate byte-identically with: python -m canlib make-synthetic --out DIR {args}\n"
+        f"Counts: {json.dumps(stats, sort_keys=True)}\n"
+    )
 
 
-def sample_grid(root: str | os.PathLike[str], pids: Sequence[int] | None = None, rows: int = 8,
-                scale: int = 2, label: bool = True) -> Image.Image:
+def sample_grid(
+    root: str | os.PathLike[str], pids: Sequence[int] | None = None, rows: int = 8, scale: int = 2, label: bool = True
+) -> Image.Image:
     """A grid of samples: one row per id (a hard-negative group first, side by side), one column per camera."""
     root = Path(root)
     meta = json.loads((root / "meta.json").read_text())
@@ -334,7 +360,8 @@ def sample_grid(root: str | os.PathLike[str], pids: Sequence[int] | None = None,
 _DESCRIPTION = (
     "Write a Market-1501-layout folder (bounding_box_train/, query/, bounding_box_test/) of procedurally drawn "
     "people seen by several cameras, with distractors (0000_*) and junk (-1_*) in the gallery and groups of hard "
-    "negatives that differ in one local detail. The same arguments give byte-identical files.")
+    "negatives that differ in one local detail. The same arguments give byte-identical files."
+)
 
 _HELP = {
     "train_fraction": "fraction of the ids used for training (rest: test)",
@@ -361,15 +388,23 @@ _HELP = {
 def register_cli(subparsers: Any) -> None:
     """Add the ``make-synthetic`` sub-command."""
     defaults = SyntheticConfig()
-    p = subparsers.add_parser("make-synthetic", help="generate the synthetic re-ID data set (Market-1501 layout)",
-                              description=_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "make-synthetic",
+        help="generate the synthetic re-ID data set (Market-1501 layout)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--ids", type=int, default=defaults.ids, help="number of identities (train + test)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same arguments: byte-identical files)")
     for f in dataclasses.fields(SyntheticConfig):
         if f.name not in ("ids", "seed"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                           default=getattr(defaults, f.name), help=_HELP[f.name])
+            p.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type=type(getattr(defaults, f.name)),
+                default=getattr(defaults, f.name),
+                help=_HELP[f.name],
+            )
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (output does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a set already in --out")
     p.add_argument("--grid", default=None, help="also save a PNG grid of samples to this path")

@@ -63,8 +63,15 @@ class PersonPainter:
         du, dv = b[0] - a[0], b[1] - a[1]
         n = math.hypot(du, dv) or 1e-6
         pu, pv = -dv / n, du / n
-        self.poly([(a[0] + pu * wa / 2, a[1] + pv * wa / 2), (b[0] + pu * wb / 2, b[1] + pv * wb / 2),
-                   (b[0] - pu * wb / 2, b[1] - pv * wb / 2), (a[0] - pu * wa / 2, a[1] - pv * wa / 2)], color)
+        self.poly(
+            [
+                (a[0] + pu * wa / 2, a[1] + pv * wa / 2),
+                (b[0] + pu * wb / 2, b[1] + pv * wb / 2),
+                (b[0] - pu * wb / 2, b[1] - pv * wb / 2),
+                (a[0] - pu * wa / 2, a[1] - pv * wa / 2),
+            ],
+            color,
+        )
         self.ellipse(a[0], a[1], wa / 2, wa / 2, color)
         self.ellipse(b[0], b[1], wb / 2, wb / 2, color)
 
@@ -86,28 +93,59 @@ class PersonPainter:
 
     def _torso_pattern(self, p: Identity, half_width: Sequence[float], center: float) -> None:
         """Stripes, checks or a two-tone yoke over the torso (``half_width`` at v 0.185 and 0.47)."""
+
         def hw(v: float) -> float:
             return half_width[0] + (half_width[1] - half_width[0]) * (v - 0.185) / (0.47 - 0.185)
+
         c = p.pattern_color
         if p.upper_pattern == "stripes":
             for k in range(6):
                 v0 = 0.205 + k * 0.045
-                self.poly([(center - hw(v0), v0), (center + hw(v0), v0), (center + hw(v0 + 0.018), v0 + 0.018),
-                           (center - hw(v0 + 0.018), v0 + 0.018)], c)
+                self.poly(
+                    [
+                        (center - hw(v0), v0),
+                        (center + hw(v0), v0),
+                        (center + hw(v0 + 0.018), v0 + 0.018),
+                        (center - hw(v0 + 0.018), v0 + 0.018),
+                    ],
+                    c,
+                )
         elif p.upper_pattern == "checks":
             for k in range(7):
                 v0 = 0.19 + k * 0.04
-                self.poly([(center - hw(v0), v0), (center + hw(v0), v0), (center + hw(v0 + 0.01), v0 + 0.01),
-                           (center - hw(v0 + 0.01), v0 + 0.01)], c)
+                self.poly(
+                    [
+                        (center - hw(v0), v0),
+                        (center + hw(v0), v0),
+                        (center + hw(v0 + 0.01), v0 + 0.01),
+                        (center - hw(v0 + 0.01), v0 + 0.01),
+                    ],
+                    c,
+                )
             for k in (-2, -1, 0, 1, 2):
                 f = k / 2.6
-                self.poly([(center + f * half_width[0] - 0.006, 0.17), (center + f * half_width[0] + 0.006, 0.17),
-                           (center + f * half_width[1] + 0.006, 0.465), (center + f * half_width[1] - 0.006, 0.465)], c)
+                self.poly(
+                    [
+                        (center + f * half_width[0] - 0.006, 0.17),
+                        (center + f * half_width[0] + 0.006, 0.17),
+                        (center + f * half_width[1] + 0.006, 0.465),
+                        (center + f * half_width[1] - 0.006, 0.465),
+                    ],
+                    c,
+                )
         elif p.upper_pattern == "twotone":
             v1 = 0.29
-            self.poly([(center - half_width[0], 0.185), (center - half_width[0] + 0.03, 0.155),
-                       (center + half_width[0] - 0.03, 0.155), (center + half_width[0], 0.185),
-                       (center + hw(v1), v1), (center - hw(v1), v1)], c)
+            self.poly(
+                [
+                    (center - half_width[0], 0.185),
+                    (center - half_width[0] + 0.03, 0.155),
+                    (center + half_width[0] - 0.03, 0.155),
+                    (center + half_width[0], 0.185),
+                    (center + hw(v1), v1),
+                    (center - hw(v1), v1),
+                ],
+                c,
+            )
 
     def _head(self, p: Identity, view: str, d: int = 0) -> None:
         """Head, hair and head wear; ``d`` is the facing direction in side views."""
@@ -266,8 +304,13 @@ class PersonPainter:
         if p.lower_type != "skirt":
             self.poly([(-0.062 * w, 0.45), (0.066 * w, 0.45), (0.06 * w, 0.57), (-0.058 * w, 0.57)], p.lower)
         self.poly([(-0.02, 0.115), (0.02, 0.115), (0.022, 0.17), (-0.022, 0.17)], p.skin)
-        torso = [(-0.062 * w * d, 0.165), (0.05 * w * d, 0.16), (0.072 * w * d, 0.27), (0.064 * w * d, 0.47),
-                 (-0.064 * w * d, 0.47)]
+        torso = [
+            (-0.062 * w * d, 0.165),
+            (0.05 * w * d, 0.16),
+            (0.072 * w * d, 0.27),
+            (0.064 * w * d, 0.47),
+            (-0.064 * w * d, 0.47),
+        ]
         self.poly(torso, p.upper)
         self._torso_pattern(p, (0.062 * w, 0.064 * w), 0.0)
         if p.belt is not None:

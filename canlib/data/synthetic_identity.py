@@ -20,22 +20,46 @@ RGB = tuple[int, int, int]
 
 #: Common clothing colours and how often each is drawn (darks dominate, as in street scenes).
 CLOTHING: dict[str, tuple[RGB, float]] = {
-    "black": ((28, 28, 32), 0.16), "white": ((232, 232, 226), 0.10), "grey": ((128, 128, 130), 0.08),
-    "charcoal": ((68, 68, 74), 0.08), "navy": ((32, 42, 92), 0.08), "blue": ((40, 92, 184), 0.06),
-    "sky": ((140, 182, 224), 0.04), "red": ((190, 32, 38), 0.06), "maroon": ((112, 28, 40), 0.04),
-    "pink": ((232, 142, 172), 0.04), "purple": ((112, 62, 152), 0.03), "green": ((42, 130, 62), 0.04),
-    "olive": ((118, 116, 62), 0.03), "beige": ((212, 192, 152), 0.05), "brown": ((112, 72, 42), 0.03),
-    "yellow": ((232, 202, 42), 0.03), "orange": ((236, 122, 32), 0.03), "teal": ((32, 142, 142), 0.02),
+    "black": ((28, 28, 32), 0.16),
+    "white": ((232, 232, 226), 0.10),
+    "grey": ((128, 128, 130), 0.08),
+    "charcoal": ((68, 68, 74), 0.08),
+    "navy": ((32, 42, 92), 0.08),
+    "blue": ((40, 92, 184), 0.06),
+    "sky": ((140, 182, 224), 0.04),
+    "red": ((190, 32, 38), 0.06),
+    "maroon": ((112, 28, 40), 0.04),
+    "pink": ((232, 142, 172), 0.04),
+    "purple": ((112, 62, 152), 0.03),
+    "green": ((42, 130, 62), 0.04),
+    "olive": ((118, 116, 62), 0.03),
+    "beige": ((212, 192, 152), 0.05),
+    "brown": ((112, 72, 42), 0.03),
+    "yellow": ((232, 202, 42), 0.03),
+    "orange": ((236, 122, 32), 0.03),
+    "teal": ((32, 142, 142), 0.02),
 }
 LOWER: dict[str, tuple[RGB, float]] = {
-    "black": ((30, 30, 34), 0.28), "denim": ((58, 78, 128), 0.22), "navy": ((34, 40, 78), 0.08),
-    "grey": ((118, 118, 120), 0.12), "khaki": ((180, 160, 112), 0.10), "white": ((226, 224, 216), 0.06),
-    "brown": ((96, 64, 40), 0.06), "red": ((170, 36, 40), 0.04), "green": ((52, 100, 58), 0.04),
+    "black": ((30, 30, 34), 0.28),
+    "denim": ((58, 78, 128), 0.22),
+    "navy": ((34, 40, 78), 0.08),
+    "grey": ((118, 118, 120), 0.12),
+    "khaki": ((180, 160, 112), 0.10),
+    "white": ((226, 224, 216), 0.06),
+    "brown": ((96, 64, 40), 0.06),
+    "red": ((170, 36, 40), 0.04),
+    "green": ((52, 100, 58), 0.04),
 }
 #: Strongly contrasting colours for the details that tell hard negatives apart.
 ACCENT: dict[str, RGB] = {
-    "white": (240, 240, 236), "black": (24, 24, 26), "red": (214, 30, 36), "blue": (36, 84, 214),
-    "yellow": (240, 210, 30), "green": (40, 170, 70), "orange": (244, 132, 28), "brown": (120, 76, 40),
+    "white": (240, 240, 236),
+    "black": (24, 24, 26),
+    "red": (214, 30, 36),
+    "blue": (36, 84, 214),
+    "yellow": (240, 210, 30),
+    "green": (40, 170, 70),
+    "orange": (244, 132, 28),
+    "brown": (120, 76, 40),
 }
 SKIN: tuple[RGB, ...] = ((246, 214, 190), (232, 190, 160), (210, 160, 122), (176, 124, 88), (128, 86, 58), (92, 60, 42))
 HAIR: tuple[RGB, ...] = ((22, 18, 16), (52, 36, 26), (92, 60, 36), (180, 150, 90), (150, 150, 150))
@@ -130,9 +154,11 @@ def _vary(base: Identity, pid: int, detail: str, others: Sequence[Identity], rng
     ident = dataclasses.replace(base, pid=pid, detail=detail)
     if not others:
         return ident
-    free = {"bag": [b for b in BAGS if b not in {o.bag for o in others}],
-            "headwear": [h for h in HEADWEAR if h not in {o.headwear for o in others}],
-            "pattern": [p for p in UPPER_PATTERNS if p not in {o.upper_pattern for o in others}]}
+    free = {
+        "bag": [b for b in BAGS if b not in {o.bag for o in others}],
+        "headwear": [h for h in HEADWEAR if h not in {o.headwear for o in others}],
+        "pattern": [p for p in UPPER_PATTERNS if p not in {o.upper_pattern for o in others}],
+    }
     if detail in free and not free[detail]:  # a large group ran out of values: vary the shoes too
         ident.shoes = _accent(rng, [o.shoes for o in others] + [base.lower])
     if detail == "shoes":
@@ -144,8 +170,11 @@ def _vary(base: Identity, pid: int, detail: str, others: Sequence[Identity], rng
         ident.logo_color = _accent(rng, [base.upper] + [o.logo_color for o in others if o.logo])
     elif detail == "belt":
         used_belts = [o.belt for o in others]
-        ident.belt = None if None not in used_belts else _accent(
-            rng, [base.upper, base.lower] + [b for b in used_belts if b is not None])
+        ident.belt = (
+            None
+            if None not in used_belts
+            else _accent(rng, [base.upper, base.lower] + [b for b in used_belts if b is not None])
+        )
     elif detail == "bag":
         ident.bag = free["bag"][0] if free["bag"] else ident.bag
         ident.bag_color = _accent(rng, [base.upper])
@@ -161,8 +190,9 @@ def _vary(base: Identity, pid: int, detail: str, others: Sequence[Identity], rng
     return ident
 
 
-def make_identities(pids: Sequence[int], seed: int, hard_negative_fraction: float = 0.4,
-                    group_size: int = 3) -> tuple[list[Identity], list[list[int]]]:
+def make_identities(
+    pids: Sequence[int], seed: int, hard_negative_fraction: float = 0.4, group_size: int = 3
+) -> tuple[list[Identity], list[list[int]]]:
     """Identities for ``pids`` and the hard-negative groups (lists of pids).
 
     About ``hard_negative_fraction`` of the ids fall in groups of 2..``group_size`` members.
@@ -175,7 +205,7 @@ def make_identities(pids: Sequence[int], seed: int, hard_negative_fraction: floa
     i = 0
     while group_size >= 2 and n_grouped - i >= 2:
         size = int(min(rng.integers(2, group_size + 1), n_grouped - i))
-        groups.append(sorted(order[i:i + size]))
+        groups.append(sorted(order[i : i + size]))
         i += size
     identities: dict[int, Identity] = {}
     for g, members in enumerate(groups):

@@ -21,10 +21,26 @@ GROUNDS = ("tiles", "asphalt", "grass", "crossing")
 #: Viewpoint mixes (front, back, left, right).
 VIEW_MIXES = ((0.45, 0.45, 0.05, 0.05), (0.1, 0.1, 0.4, 0.4), (0.3, 0.3, 0.2, 0.2), (0.6, 0.2, 0.1, 0.1))
 #: Natural wall and ground colours (concrete, brick, stone, glass, hedge; asphalt, paving, sand).
-WALL_COLORS: tuple[RGB, ...] = ((150, 150, 145), (190, 175, 150), (150, 82, 62), (112, 62, 52), (202, 196, 186),
-                                (110, 130, 146), (82, 112, 70), (220, 210, 182), (84, 84, 90), (186, 150, 112))
-GROUND_COLORS: tuple[RGB, ...] = ((96, 96, 100), (70, 70, 74), (168, 160, 146), (140, 84, 72), (128, 124, 116),
-                                  (184, 170, 140))
+WALL_COLORS: tuple[RGB, ...] = (
+    (150, 150, 145),
+    (190, 175, 150),
+    (150, 82, 62),
+    (112, 62, 52),
+    (202, 196, 186),
+    (110, 130, 146),
+    (82, 112, 70),
+    (220, 210, 182),
+    (84, 84, 90),
+    (186, 150, 112),
+)
+GROUND_COLORS: tuple[RGB, ...] = (
+    (96, 96, 100),
+    (70, 70, 74),
+    (168, 160, 146),
+    (140, 84, 72),
+    (128, 124, 116),
+    (184, 170, 140),
+)
 
 
 @dataclass
@@ -164,8 +180,10 @@ def draw_occluder(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.rand
         draw.rectangle([0, top, w, h], fill=col)
         draw.rectangle([0, top, w, top + 0.03 * h], fill=tuple(int(c * 0.7) for c in col))
         if rng.random() < 0.5:
-            draw.ellipse([w * rng.uniform(0, 0.5), top + 0.05 * h, w * rng.uniform(0.5, 1.0), h],
-                         fill=tuple(int(c * 0.8) for c in col))
+            draw.ellipse(
+                [w * rng.uniform(0, 0.5), top + 0.05 * h, w * rng.uniform(0.5, 1.0), h],
+                fill=tuple(int(c * 0.8) for c in col),
+            )
     elif kind == "side":
         pw = w * rng.uniform(0.2, 0.4)
         x0 = 0 if rng.random() < 0.5 else w - pw

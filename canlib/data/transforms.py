@@ -17,16 +17,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transforms(height: int = 384, width: int = 128, train: bool = True, flip: bool = False, pad: int = 0,
-                     random_erasing: float = 0.0, normalize: bool = True) -> v2.Compose:
+def build_transforms(
+    height: int = 384,
+    width: int = 128,
+    train: bool = True,
+    flip: bool = False,
+    pad: int = 0,
+    random_erasing: float = 0.0,
+    normalize: bool = True,
+) -> v2.Compose:
     """PIL image -> float tensor ``(3, height, width)``; augmentations only when ``train``.
 
     ``flip``: random horizontal flip (p=0.5). ``pad``: pad by ``pad`` pixels (zeros) then
     crop ``height x width`` at random. ``random_erasing``: probability of erasing a random
     rectangle. ``normalize``: ImageNet mean/std.
     """
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((height, width), interpolation=InterpolationMode.BILINEAR,
-                                                         antialias=True)]
+    steps: list[v2.Transform] = [
+        v2.ToImage(),
+        v2.Resize((height, width), interpolation=InterpolationMode.BILINEAR, antialias=True),
+    ]
     if train and flip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     if train and pad > 0:

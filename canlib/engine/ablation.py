@@ -92,7 +92,11 @@ def recorded_run(results_dir: Path, cfg: dict[str, Any], fingerprint: str | None
         return None
     if fingerprint is not None and record.get("code_fingerprint") != fingerprint:
         return None
-    return {**metrics, "code_fingerprint": record.get("code_fingerprint"), "commit": record.get("git", {}).get("commit")}
+    return {
+        **metrics,
+        "code_fingerprint": record.get("code_fingerprint"),
+        "commit": record.get("git", {}).get("commit"),
+    }
 
 
 def load_records(
@@ -118,10 +122,18 @@ def load_records(
             if metrics is None:
                 continue
             key = config_hash(cfg)
-            out.append({"table": row.table, "row": row.label, "seed": seed, "run": key,
-                        "current": metrics["code_fingerprint"] == fingerprint, "commit": metrics["commit"],
-                        "changed": freshness(Path(results_dir) / key, current),
-                        **{k: metrics[k] for k in METRIC_KEYS if k in metrics}})
+            out.append(
+                {
+                    "table": row.table,
+                    "row": row.label,
+                    "seed": seed,
+                    "run": key,
+                    "current": metrics["code_fingerprint"] == fingerprint,
+                    "commit": metrics["commit"],
+                    "changed": freshness(Path(results_dir) / key, current),
+                    **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
+                }
+            )
     return out
 
 
@@ -164,8 +176,20 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
     cfg_path = run_dir / "requested.yaml"
     dump_config(cfg, cfg_path)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "canlib", "train", "--config", str(cfg_path), "--output", str(run_dir),
-           "--device", device, "--resume", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "canlib",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--output",
+        str(run_dir),
+        "--device",
+        device,
+        "--resume",
+        "--no-progress",
+    ]
     with (run_dir / "train.log").open("w") as fh:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
@@ -206,10 +230,12 @@ def run_grid(
     fingerprint = code_fingerprint()
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
-    todo = {key: cfg for key, cfg in plan.items()
-            if force or recorded_run(results_dir, cfg, None if any_code else fingerprint) is None}
-    log.info("ablation grid: %d runs, %d distinct, %d to train",
-             len(rows) * len(seeds), len(plan), len(todo))
+    todo = {
+        key: cfg
+        for key, cfg in plan.items()
+        if force or recorded_run(results_dir, cfg, None if any_code else fingerprint) is None
+    }
+    log.info("ablation grid: %d runs, %d distinct, %d to train", len(rows) * len(seeds), len(plan), len(todo))
 
     def work(item: tuple[str, dict[str, Any]]) -> None:
         key, cfg = item
@@ -239,8 +265,15 @@ def _ablate(args) -> int:
     if args.rows:
         rows = [r for r in rows if r.label in args.rows]
     records = run_grid(
-        args.config, args.data_root, rows=rows, seeds=args.seeds, results_dir=args.results,
-        runs_dir=args.runs, force=args.force, device=args.device, jobs=args.jobs,
+        args.config,
+        args.data_root,
+        rows=rows,
+        seeds=args.seeds,
+        results_dir=args.results,
+        runs_dir=args.runs,
+        force=args.force,
+        device=args.device,
+        jobs=args.jobs,
     )
     import pandas as pd
 
@@ -264,8 +297,12 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("--config", required=True, help="profile YAML (configs/cpu.yaml, configs/paper-market1501.yaml)")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--tables", nargs="+", default=["Table 2", "Table 3", "Table 4"],
-                   help='which tables (default: "Table 2" "Table 3" "Table 4")')
+    p.add_argument(
+        "--tables",
+        nargs="+",
+        default=["Table 2", "Table 3", "Table 4"],
+        help='which tables (default: "Table 2" "Table 3" "Table 4")',
+    )
     p.add_argument("--rows", nargs="+", help="only these row labels (e.g. Part-1,3,5,7)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--results", default="results/ablations", help="where runs are recorded (in git)")

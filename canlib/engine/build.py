@@ -118,8 +118,9 @@ def build_optimizers(cfg: Mapping[str, Any], model: nn.Module, loss: CANLoss):
     return optimizer, centers, scheduler
 
 
-def build_loaders(cfg: Mapping[str, Any], dataset, seed: int, rank: int = 0, world_size: int = 1,
-                  device: torch.device | str = "cpu"):
+def build_loaders(
+    cfg: Mapping[str, Any], dataset, seed: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
+):
     """PK-sampled training loader and ordered query/gallery loaders.
 
     ``data.cache`` other than ``"none"``: the training loader reads a decoded-image cache
@@ -131,23 +132,47 @@ def build_loaders(cfg: Mapping[str, Any], dataset, seed: int, rank: int = 0, wor
     mode = d.get("cache", "none")
     if mode not in CACHE_MODES:
         raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
-    augment = dict(flip=bool(d["flip"]), pad=int(d["pad"]), random_erasing=float(d["random_erasing"]),
-                   normalize=bool(d["normalize"]))
+    augment = dict(
+        flip=bool(d["flip"]),
+        pad=int(d["pad"]),
+        random_erasing=float(d["random_erasing"]),
+        normalize=bool(d["normalize"]),
+    )
     size = dict(height=int(d["height"]), width=int(d["width"]))
     if mode == "none":
-        train_loader = build_train_loader(dataset, **size, p=int(d["p"]), k=int(d["k"]), seed=seed,
-                                          num_workers=int(d["num_workers"]), epoch=d["epoch"], **augment)
+        train_loader = build_train_loader(
+            dataset,
+            **size,
+            p=int(d["p"]),
+            k=int(d["k"]),
+            seed=seed,
+            num_workers=int(d["num_workers"]),
+            epoch=d["epoch"],
+            **augment,
+        )
         if world_size > 1:
             train_loader = shard_train_loader(train_loader, rank, world_size)
     else:
-        batches = PKSampler([pid for _, pid, _ in dataset.train], p=int(d["p"]), k=int(d["k"]), seed=seed,
-                            epoch=d["epoch"])
+        batches = PKSampler(
+            [pid for _, pid, _ in dataset.train], p=int(d["p"]), k=int(d["k"]), seed=seed, epoch=d["epoch"]
+        )
         if world_size > 1:
             batches = GlobalBatchShard(batches, rank, world_size)
-        train_loader = CachedTrainLoader(dataset.train, batches, BatchAugment(**size, **augment), mode,
-                                         device, int(d["num_workers"]), rank, world_size)
+        train_loader = CachedTrainLoader(
+            dataset.train,
+            batches,
+            BatchAugment(**size, **augment),
+            mode,
+            device,
+            int(d["num_workers"]),
+            rank,
+            world_size,
+        )
     query_loader, gallery_loader = build_test_loaders(
-        dataset, **size, batch_size=int(d["test_batch_size"]), num_workers=int(d["num_workers"]),
+        dataset,
+        **size,
+        batch_size=int(d["test_batch_size"]),
+        num_workers=int(d["num_workers"]),
         normalize=bool(d["normalize"]),
     )
     if world_size > 1:

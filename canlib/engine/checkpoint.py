@@ -61,12 +61,16 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
     except Exception:  # noqa: BLE001 - not a zip file (a raw pickle): the refusal's own words
         names = []
     if names and all(n.startswith("numpy.") for n in names):
-        return (f"{path}: holds NumPy objects ({', '.join(names)}): a checkpoint written before canlib stored "
-                "RNG states as tensors; weights-only loading refuses it, so retrain the run")
+        return (
+            f"{path}: holds NumPy objects ({', '.join(names)}): a checkpoint written before canlib stored "
+            "RNG states as tensors; weights-only loading refuses it, so retrain the run"
+        )
     detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
     what = f"it would call {', '.join(names)}" if names else detail or type(exc).__name__
-    return (f"{path}: refused: the file holds objects other than tensors and plain data, which a checkpoint "
-            f"never does (tampered, or not written by canlib): {what}")
+    return (
+        f"{path}: refused: the file holds objects other than tensors and plain data, which a checkpoint "
+        f"never does (tampered, or not written by canlib): {what}"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -114,6 +118,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
         raise CheckpointError(
             f"{path}: its weights do not fit the model the configuration builds"
             + (f" (parts {list(parts)})" if parts is not None else "")
-            + ": " + ", ".join(problems) + "; was it trained with another configuration?"
+            + ": "
+            + ", ".join(problems)
+            + "; was it trained with another configuration?"
         )
     model.load_state_dict(state)

@@ -38,6 +38,7 @@ def _user_error(exc: BaseException) -> str | None:
 
 def _reports_user_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn the user's mistakes into one logged line and exit code 2, Ctrl-C into 130."""
+
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         try:
@@ -51,14 +52,19 @@ def _reports_user_errors(command: Callable[[argparse.Namespace], int]) -> Callab
                 raise
             log.error("%s", message)
             return EXIT_BAD_INPUT
+
     return run
 
 
 def _resume_command(args: argparse.Namespace) -> str:
     """The command line that continues an interrupted ``train``."""
     cmd = ["python", "-m", "canlib", "train", "--config", str(args.config)]
-    for flag, value in (("--data-root", args.data_root), ("--output", args.output), ("--epochs", args.epochs),
-                        ("--seed", args.seed)):
+    for flag, value in (
+        ("--data-root", args.data_root),
+        ("--output", args.output),
+        ("--epochs", args.epochs),
+        ("--seed", args.seed),
+    ):
         if value is not None:
             cmd += [flag, str(value)]
     if args.device != "auto":
@@ -108,8 +114,12 @@ def evaluation_path(run_dir: str | Path, result: dict) -> Path:
     import hashlib
 
     ev = result["evaluation"]
-    key = {"root": str(Path(ev["target"]["root"]).resolve()), "checkpoint": str(Path(ev["checkpoint"]).resolve()),
-           "options": ev["options"], "split": ev["target"]["split"]}
+    key = {
+        "root": str(Path(ev["target"]["root"]).resolve()),
+        "checkpoint": str(Path(ev["checkpoint"]).resolve()),
+        "options": ev["options"],
+        "split": ev["target"]["split"],
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return Path(run_dir) / "evaluations" / f"{str(ev['target']['dataset']).lower()}-{digest}.json"
 
@@ -121,8 +131,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     # Bad input (no run folder, a wrong data root, an unknown data set, a damaged or tampered
     # checkpoint, weights that do not fit the configuration) is one line and exit code 2.
     result = evaluate_run(
-        args.run, dataset=args.dataset, data_root=args.data_root, checkpoint=args.checkpoint, device=args.device,
-        metric=args.metric, ap=args.ap, flip_tta=args.flip_tta or None, rerank=args.rerank or None,
+        args.run,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        metric=args.metric,
+        ap=args.ap,
+        flip_tta=args.flip_tta or None,
+        rerank=args.rerank or None,
     )
     print(json.dumps({k: v for k, v in result.items() if k not in ("cmc", "evaluation", "record")}, indent=2))
     out = Path(args.out) if args.out else evaluation_path(args.run, result)
@@ -149,8 +166,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run the output folder holds (refused without --resume or this)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output folder holds (refused without --resume or this)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides, e.g. optim.lr=1e-4")
     p.set_defaults(func=_train)
@@ -165,14 +185,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--run", required=True, help="a run folder written by `train`")
     e.add_argument("--checkpoint", help=f"a checkpoint or exported weights file (default: RUN/{CHECKPOINT})")
-    e.add_argument("--dataset", help="evaluate on another data set's query/gallery (cross-data set; needs "
-                   f"--data-root): {', '.join(sorted(DATASETS))}")
+    e.add_argument(
+        "--dataset",
+        help="evaluate on another data set's query/gallery (cross-data set; needs "
+        f"--data-root): {', '.join(sorted(DATASETS))}",
+    )
     e.add_argument("--data-root", help="the target data set's root (or the run's own, if it moved since training)")
     e.add_argument("--device", default="auto")
     e.add_argument("--metric", choices=["cosine", "euclidean", "sqeuclidean"])
     e.add_argument("--ap", choices=["step", "trapezoid"], help="AP variant (default: the run's)")
     e.add_argument("--flip-tta", action="store_true", help="average with the mirrored image (beyond the paper)")
     e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (beyond the paper)")
-    e.add_argument("--out", help="the JSON record (metrics with the full CMC, source, target, options, "
-                   "provenance); default RUN/evaluations/<data set>-<hash>.json")
+    e.add_argument(
+        "--out",
+        help="the JSON record (metrics with the full CMC, source, target, options, "
+        "provenance); default RUN/evaluations/<data set>-<hash>.json",
+    )
     e.set_defaults(func=_evaluate)

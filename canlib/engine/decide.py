@@ -71,24 +71,42 @@ def _opt(label: str, *overrides: str, reference: bool = False) -> Option:
 #: The stages, in the order they run. Fixed before any decision run (see the module docstring).
 STAGES: tuple[Stage, ...] = (
     Stage(
-        "neck", "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
+        "neck",
+        "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
         "post-BN, shared BN, squared",
         "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
         "closest reading of 'one 1x1 convolution'; the losses see the features the classifier sees",
         (
-            _opt("post-BN, shared BN, squared", "loss.clustering_input=post_bn", "model.embed_bn=shared",
-                 "loss.triplet_squared=true"),
-            _opt("post-BN, shared BN, plain", "loss.clustering_input=post_bn", "model.embed_bn=shared",
-                 "loss.triplet_squared=false"),
-            _opt("BNNeck, shared BN, plain", "loss.clustering_input=pre_bn", "model.embed_bn=shared",
-                 "loss.triplet_squared=false"),
-            _opt("BNNeck, BN per feature, plain", "loss.clustering_input=pre_bn", "model.embed_bn=per_feature",
-                 "loss.triplet_squared=false"),
+            _opt(
+                "post-BN, shared BN, squared",
+                "loss.clustering_input=post_bn",
+                "model.embed_bn=shared",
+                "loss.triplet_squared=true",
+            ),
+            _opt(
+                "post-BN, shared BN, plain",
+                "loss.clustering_input=post_bn",
+                "model.embed_bn=shared",
+                "loss.triplet_squared=false",
+            ),
+            _opt(
+                "BNNeck, shared BN, plain",
+                "loss.clustering_input=pre_bn",
+                "model.embed_bn=shared",
+                "loss.triplet_squared=false",
+            ),
+            _opt(
+                "BNNeck, BN per feature, plain",
+                "loss.clustering_input=pre_bn",
+                "model.embed_bn=per_feature",
+                "loss.triplet_squared=false",
+            ),
             _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
         ),
     ),
     Stage(
-        "schedule", "Learning rate for fine-tuning the pre-trained trunk in 8 epochs (steps at 42/58/75 %)",
+        "schedule",
+        "Learning rate for fine-tuning the pre-trained trunk in 8 epochs (steps at 42/58/75 %)",
         "lr 3e-4",
         "the paper's learning rate; the steps keep the paper's proportions (250/350/450 of 600 -> 3/5/6 of 8)",
         (
@@ -97,7 +115,9 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "scale", "The scale of the cosine classifier's logits", "scale 30",
+        "scale",
+        "The scale of the cosine classifier's logits",
+        "scale 30",
         "30 is inside the 16-64 range cosine heads use; the paper gives none",
         (
             _opt("scale 16", "loss.ce_scale=16.0"),
@@ -106,7 +126,9 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "margin", "The triplet margin alpha", "margin 0.3",
+        "margin",
+        "The triplet margin alpha",
+        "margin 0.3",
         "0.3 is the strong baseline's margin (Luo et al. 2019); the paper gives none",
         (
             _opt("margin 0.1", "loss.triplet_margin=0.1"),
@@ -144,16 +166,33 @@ def decide(stage: Stage, records: Sequence[dict[str, Any]], tie_points: float = 
     spread = math.sqrt((_nan0(std[best]) ** 2 + _nan0(std[stage.default]) ** 2) / 2)
     gain = mean[best] - mean[stage.default]
     if best != stage.default and gain > max(tie_points, spread):
-        chosen, reason = best, (f"{best} beats the default by {gain:.1f} mAP points, more than "
-                                f"{tie_points:.1f} and the seed spread {spread:.1f}")
+        chosen, reason = (
+            best,
+            (
+                f"{best} beats the default by {gain:.1f} mAP points, more than "
+                f"{tie_points:.1f} and the seed spread {spread:.1f}"
+            ),
+        )
     else:
         chosen = stage.default
-        reason = ("the default has the best mean" if best == stage.default else
-                  f"{best} is ahead by {gain:.1f} points only, within max({tie_points:.1f}, seed spread "
-                  f"{spread:.1f}): the default stays")
+        reason = (
+            "the default has the best mean"
+            if best == stage.default
+            else f"{best} is ahead by {gain:.1f} points only, within max({tie_points:.1f}, seed spread "
+            f"{spread:.1f}): the default stays"
+        )
     runs = {row: sorted({r["run"] for r in records if r["row"] == row}) for row in mean}
-    return Decision(stage.name, chosen, stage.default, best, reason, mean, std,
-                    {row: int(summary.seeds.loc[(stage.name, row)]) for row in mean}, runs)
+    return Decision(
+        stage.name,
+        chosen,
+        stage.default,
+        best,
+        reason,
+        mean,
+        std,
+        {row: int(summary.seeds.loc[(stage.name, row)]) for row in mean},
+        runs,
+    )
 
 
 def _nan0(x: float) -> float:
@@ -167,13 +206,12 @@ def stage_rows(stage: Stage, chosen: Sequence[str], pending: Sequence[str] = ())
     choice (``configs/cpu.yaml`` is the base plus :func:`chosen_overrides`), so a stage must set
     the later stages' defaults itself to see what it saw when it first ran.
     """
-    return [Row(stage.name, o.label, VALIDATION + tuple(chosen) + tuple(pending) + o.overrides)
-            for o in stage.options]
+    return [Row(stage.name, o.label, VALIDATION + tuple(chosen) + tuple(pending) + o.overrides) for o in stage.options]
 
 
 def pending_defaults(stages: Sequence[Stage], index: int) -> list[str]:
     """The default options' overrides of every stage after ``stages[index]``."""
-    return [x for s in stages[index + 1:] for x in s.option(s.default).overrides]
+    return [x for s in stages[index + 1 :] for x in s.option(s.default).overrides]
 
 
 def run_decisions(
@@ -192,17 +230,29 @@ def run_decisions(
     out = Path(results_dir) / "decisions.json"
     for index, stage in enumerate(stages):
         rows = stage_rows(stage, chosen, pending_defaults(stages, index))
-        records = run_grid(profile, data_root, rows, seeds, results_dir, runs_dir,
-                           device=device, jobs=jobs, any_code=True)
+        records = run_grid(
+            profile, data_root, rows, seeds, results_dir, runs_dir, device=device, jobs=jobs, any_code=True
+        )
         decision = decide(stage, records)
         log.info("stage %s: %s (%s)", stage.name, decision.chosen, decision.reason)
         decisions.append(decision)
         chosen += stage.option(decision.chosen).overrides
         # written after every stage: an interrupted sequence still records what it decided
-        out.write_text(json.dumps({
-            "validation": list(VALIDATION), "seeds": list(seeds), "tie_points": TIE_POINTS,
-            "complete": len(decisions) == len(stages), "stages": [s.name for s in stages],
-            "chosen_overrides": chosen, "decisions": [asdict(d) for d in decisions]}, indent=1) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "validation": list(VALIDATION),
+                    "seeds": list(seeds),
+                    "tie_points": TIE_POINTS,
+                    "complete": len(decisions) == len(stages),
+                    "stages": [s.name for s in stages],
+                    "chosen_overrides": chosen,
+                    "decisions": [asdict(d) for d in decisions],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return decisions
 
 
@@ -212,16 +262,21 @@ def chosen_overrides(path: str | Path = "results/decisions/decisions.json") -> l
 
 
 def _cli(args: argparse.Namespace) -> int:
-    for d in run_decisions(args.config, args.data_root, STAGES, args.seeds, args.results, args.runs, args.jobs,
-                           args.device):
+    for d in run_decisions(
+        args.config, args.data_root, STAGES, args.seeds, args.results, args.runs, args.jobs, args.device
+    ):
         print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
     return 0
 
 
 def register_cli(subparsers) -> None:
     """Add the ``decide`` sub-command."""
-    p = subparsers.add_parser("decide", help="fill the paper's silences on a validation split (staged runs)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "decide",
+        help="fill the paper's silences on a validation split (staged runs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="the profile the decisions are for (configs/cpu.yaml)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))

@@ -79,8 +79,10 @@ def init_distributed(device: str | None = "auto") -> tuple[DistInfo, torch.devic
     dev = _plain_device(device)
     if dev.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local} has no GPU: {torch.cuda.device_count()} visible, "
-                               "start at most that many processes per node")
+            raise RuntimeError(
+                f"local rank {local} has no GPU: {torch.cuda.device_count()} visible, "
+                "start at most that many processes per node"
+            )
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -159,8 +161,9 @@ def eval_gatherer(device: torch.device):
     """A ``gather`` for :func:`canlib.engine.evaluate.evaluate_model`: every rank's extracted
     (features, pids, camids), concatenated in rank order (= record order, see :func:`shard_test_loader`)."""
 
-    def gather(feats: torch.Tensor, pids: np.ndarray,
-               camids: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    def gather(
+        feats: torch.Tensor, pids: np.ndarray, camids: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         f = all_gather_rows(feats.to(device)).cpu()
         ids = torch.as_tensor(np.stack([pids, camids], 1).astype(np.int64), device=device)
         ids = all_gather_rows(ids).cpu().numpy()
@@ -182,8 +185,10 @@ class GlobalBatchShard(Sampler[list[int]]):
     def __init__(self, batches: Any, rank: int, world_size: int) -> None:
         p = int(batches.p)
         if p % world_size:
-            raise ValueError(f"data.p={p} identities per global batch cannot be split evenly over "
-                             f"{world_size} processes; choose a process count that divides {p}")
+            raise ValueError(
+                f"data.p={p} identities per global batch cannot be split evenly over "
+                f"{world_size} processes; choose a process count that divides {p}"
+            )
         self.batches, self.rank, self.world_size = batches, rank, world_size
         self.p, self.k = p // world_size, int(batches.k)
 
@@ -194,7 +199,7 @@ class GlobalBatchShard(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
             size = len(batch) // self.world_size
-            yield batch[self.rank * size:(self.rank + 1) * size]
+            yield batch[self.rank * size : (self.rank + 1) * size]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -203,9 +208,13 @@ class GlobalBatchShard(Sampler[list[int]]):
 def shard_train_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
     """The same loader with its PK batch sampler wrapped in :class:`GlobalBatchShard`."""
     return DataLoader(
-        loader.dataset, batch_sampler=GlobalBatchShard(loader.batch_sampler, rank, world_size),
-        num_workers=loader.num_workers, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-        pin_memory=loader.pin_memory, persistent_workers=False,
+        loader.dataset,
+        batch_sampler=GlobalBatchShard(loader.batch_sampler, rank, world_size),
+        num_workers=loader.num_workers,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        pin_memory=loader.pin_memory,
+        persistent_workers=False,
     )
 
 
@@ -219,8 +228,13 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 def shard_test_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
     """An ordered loader over rank ``rank``'s contiguous block of the records."""
     start, stop = shard_bounds(len(loader.dataset), rank, world_size)
-    return DataLoader(Subset(loader.dataset, range(start, stop)), batch_size=loader.batch_size, shuffle=False,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+    return DataLoader(
+        Subset(loader.dataset, range(start, stop)),
+        batch_size=loader.batch_size,
+        shuffle=False,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+    )
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -261,7 +275,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp(min=0)
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
@@ -286,8 +300,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def _convert_gloo(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
-        out = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
+        out = GlooSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         out.load_state_dict(module.state_dict())
         out.train(module.training)
         for name, p in module.named_parameters(recurse=False):

@@ -59,8 +59,7 @@ def evaluate_model(
     chunk_size: int = 2048,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    gather: Callable[[torch.Tensor, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]]
-    | None = None,
+    gather: Callable[[torch.Tensor, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Extract query and gallery descriptors and compute CMC, mAP and mINP.
 
@@ -77,8 +76,17 @@ def evaluate_model(
         qf, q_pids, q_camids = gather(qf, q_pids, q_camids)
         gf, g_pids, g_camids = gather(gf, g_pids, g_camids)
     result = evaluate_features(
-        qf, gf, q_pids, g_pids, q_camids, g_camids,
-        metric=metric, chunk_size=chunk_size, max_rank=max_rank, ap=ap, rerank=rerank,
+        qf,
+        gf,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        metric=metric,
+        chunk_size=chunk_size,
+        max_rank=max_rank,
+        ap=ap,
+        rerank=rerank,
     )
     cmc = np.asarray(result["cmc"], dtype=float)
     out: dict[str, Any] = {
@@ -106,8 +114,12 @@ def build_eval_loaders(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
     d = cfg["data"]
     dataset = build_dataset(cfg)
     query_loader, gallery_loader = build_test_loaders(
-        dataset, height=int(d["height"]), width=int(d["width"]), batch_size=int(d["test_batch_size"]),
-        num_workers=int(d["num_workers"]), normalize=bool(d["normalize"]),
+        dataset,
+        height=int(d["height"]),
+        width=int(d["width"]),
+        batch_size=int(d["test_batch_size"]),
+        num_workers=int(d["num_workers"]),
+        normalize=bool(d["normalize"]),
     )
     return dataset, query_loader, gallery_loader
 
@@ -136,9 +148,16 @@ def target_config(cfg: dict[str, Any], dataset: str | None = None, data_root: st
 
 
 def evaluate_run(
-    run_dir: str | Path, dataset: str | None = None, data_root: str | Path | None = None,
-    checkpoint: str | Path | None = None, device: str | None = "auto", metric: str | None = None,
-    ap: str | None = None, flip_tta: bool | None = None, rerank: bool | None = None, out: str | Path | None = None,
+    run_dir: str | Path,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device: str | None = "auto",
+    metric: str | None = None,
+    ap: str | None = None,
+    flip_tta: bool | None = None,
+    rerank: bool | None = None,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a training run's model on a query/gallery split: its own, or another data set's.
 
@@ -160,22 +179,45 @@ def evaluate_run(
     target, query_loader, gallery_loader = build_eval_loaders(cfg)
     model, meta = model_from_checkpoint(cfg, ckpt, dev)
     e = cfg["eval"]
-    options = {"metric": metric or e["metric"], "ap": ap or e["ap"], "max_rank": int(e["max_rank"]),
-               "flip_tta": bool(e["flip_tta"]) if flip_tta is None else bool(flip_tta),
-               "rerank": bool(e["rerank"]) if rerank is None else bool(rerank)}
+    options = {
+        "metric": metric or e["metric"],
+        "ap": ap or e["ap"],
+        "max_rank": int(e["max_rank"]),
+        "flip_tta": bool(e["flip_tta"]) if flip_tta is None else bool(flip_tta),
+        "rerank": bool(e["rerank"]) if rerank is None else bool(rerank),
+    }
     metrics = evaluate_model(model, query_loader, gallery_loader, dev, chunk_size=int(e["chunk_size"]), **options)
     split = "validation" if int(cfg["data"].get("val_ids") or 0) > 0 else "test"
-    result = {**metrics, "evaluation": {
-        "source_run": str(run_dir), "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
-        "source": {"dataset": source["data"]["dataset"], "root": source["data"]["root"],
-                   "num_train_pids": int(model.num_classes)},
-        "target": {"dataset": cfg["data"]["dataset"], "root": cfg["data"]["root"], "split": split,
-                   "options": cfg["data"]["options"]},
-        "options": options,
-    }, "record": run_record(cfg, dev)}
+    result = {
+        **metrics,
+        "evaluation": {
+            "source_run": str(run_dir),
+            "checkpoint": str(ckpt),
+            "epoch": meta.get("epoch"),
+            "source": {
+                "dataset": source["data"]["dataset"],
+                "root": source["data"]["root"],
+                "num_train_pids": int(model.num_classes),
+            },
+            "target": {
+                "dataset": cfg["data"]["dataset"],
+                "root": cfg["data"]["root"],
+                "split": split,
+                "options": cfg["data"]["options"],
+            },
+            "options": options,
+        },
+        "record": run_record(cfg, dev),
+    }
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
-    log.info("%s on %s (%s): mAP %.4f rank-1 %.4f", run_dir, cfg["data"]["dataset"], cfg["data"]["root"],
-             metrics["mAP"], metrics["rank1"])
+    log.info(
+        "%s on %s (%s): mAP %.4f rank-1 %.4f",
+        run_dir,
+        cfg["data"]["dataset"],
+        cfg["data"]["root"],
+        metrics["mAP"],
+        metrics["rank1"],
+    )
     return result

@@ -92,7 +92,11 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_onnx(
-    model: CAN, dest: str | os.PathLike[str], height: int, width: int, opset: int = OPSET,
+    model: CAN,
+    dest: str | os.PathLike[str],
+    height: int,
+    width: int,
+    opset: int = OPSET,
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model``'s evaluation-mode descriptor network to ``dest`` (input ``images``, output ``descriptor``).
@@ -108,9 +112,15 @@ def export_onnx(
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=int(opset), input_names=["images"],
-                output_names=["descriptor"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False, verbose=False,
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=int(opset),
+                input_names=["images"],
+                output_names=["descriptor"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+                verbose=False,
             )
         for key, value in (metadata or {}).items():
             program.model.metadata_props[key] = str(value)
@@ -145,14 +155,21 @@ def onnx_features(session, loader: Iterable) -> tuple[torch.Tensor, np.ndarray, 
 
 
 def _metrics(qf, gf, q, g, metric: str, ap: str, max_rank: int, chunk_size: int) -> dict[str, float]:
-    result = evaluate_features(qf, gf, q[1], g[1], q[2], g[2], metric=metric, chunk_size=chunk_size,
-                               max_rank=max_rank, ap=ap)
+    result = evaluate_features(
+        qf, gf, q[1], g[1], q[2], g[2], metric=metric, chunk_size=chunk_size, max_rank=max_rank, ap=ap
+    )
     return {"mAP": float(result["mAP"]), "rank1": float(result["cmc"][0]), "mINP": float(result["mINP"])}
 
 
 def parity_report(
-    model: CAN, onnx_path: str | os.PathLike[str], query_loader: Iterable, gallery_loader: Iterable,
-    metric: str = "cosine", ap: str = "step", max_rank: int = 50, chunk_size: int = 2048,
+    model: CAN,
+    onnx_path: str | os.PathLike[str],
+    query_loader: Iterable,
+    gallery_loader: Iterable,
+    metric: str = "cosine",
+    ap: str = "step",
+    max_rank: int = 50,
+    chunk_size: int = 2048,
 ) -> dict[str, Any]:
     """Compare PyTorch and ONNX Runtime on every query and gallery image.
 
@@ -193,8 +210,12 @@ def check_parity(report: dict[str, Any], max_abs_diff: float = MAX_ABS_DIFF, min
 
 
 def export_run(
-    run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None, opset: int = OPSET, check: bool = True,
+    run_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    data_root: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    opset: int = OPSET,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Export a run's model (its checkpoint, or ``checkpoint``) to ONNX and, with ``check``, verify it.
 
@@ -215,17 +236,36 @@ def export_run(
     model, meta = model_from_checkpoint(cfg, ckpt)
     loaders = build_eval_loaders(cfg)[1:] if check else None
     d = cfg["data"]
-    info = {"source_run": str(run_dir), "checkpoint": str(ckpt), "epoch": str(meta.get("epoch")),
-            "input": f"RGB float32, {d['height']}x{d['width']}, " + ("ImageNet mean/std" if d["normalize"] else "[0, 1]"),
-            "parts": str(list(model.parts)), "descriptor_dim": str(model.descriptor_dim)}
+    info = {
+        "source_run": str(run_dir),
+        "checkpoint": str(ckpt),
+        "epoch": str(meta.get("epoch")),
+        "input": f"RGB float32, {d['height']}x{d['width']}, " + ("ImageNet mean/std" if d["normalize"] else "[0, 1]"),
+        "parts": str(list(model.parts)),
+        "descriptor_dim": str(model.descriptor_dim),
+    }
     export_onnx(model, dest, int(d["height"]), int(d["width"]), opset, metadata=info)
     report: dict[str, Any] = {"onnx": str(dest), "opset": int(opset), "source_run": str(run_dir)}
     if loaders is not None:
         e = cfg["eval"]
-        report.update(parity_report(model, dest, *loaders, metric=e["metric"], ap=e["ap"],
-                                    max_rank=int(e["max_rank"]), chunk_size=int(e["chunk_size"])))
-        log.info("ONNX parity on %d images: max abs diff %.3g, min cosine %.7f, mAP %.6f (PyTorch) %.6f (ONNX)",
-                 report["images"], report["max_abs_diff"], report["min_cosine"], report["mAP_torch"],
-                 report["mAP_onnx"])
+        report.update(
+            parity_report(
+                model,
+                dest,
+                *loaders,
+                metric=e["metric"],
+                ap=e["ap"],
+                max_rank=int(e["max_rank"]),
+                chunk_size=int(e["chunk_size"]),
+            )
+        )
+        log.info(
+            "ONNX parity on %d images: max abs diff %.3g, min cosine %.7f, mAP %.6f (PyTorch) %.6f (ONNX)",
+            report["images"],
+            report["max_abs_diff"],
+            report["min_cosine"],
+            report["mAP_torch"],
+            report["mAP_onnx"],
+        )
         check_parity(report)
     return report

@@ -58,8 +58,9 @@ def export_trunk(run_dir: str | Path, out: str | Path) -> Path:
     meta = Path(str(cfg["data"]["root"])) / "meta.json"
     if meta.is_file():  # a generated set: how to regenerate it, and its counts (not its file lists)
         data = json.loads(meta.read_text())
-        (record_dir / "dataset.json").write_text(json.dumps(
-            {k: data[k] for k in ("generator", "version", "arguments", "statistics")}, indent=1) + "\n")
+        (record_dir / "dataset.json").write_text(
+            json.dumps({k: data[k] for k in ("generator", "version", "arguments", "statistics")}, indent=1) + "\n"
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     log.info("trunk of %s (mAP %.3f on its own held-out identities) written to %s", run_dir, metrics["mAP"], out)
     return out
@@ -76,9 +77,12 @@ def _cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add the ``export-trunk`` sub-command."""
-    p = subparsers.add_parser("export-trunk", help="keep the ResNet trunk of a pre-training run (make pretrain)",
-                              description="Write the stem and layer 4 of a finished run as a ResNet state dict "
-                              "that model.pretrained can load, with the run's record beside it.")
+    p = subparsers.add_parser(
+        "export-trunk",
+        help="keep the ResNet trunk of a pre-training run (make pretrain)",
+        description="Write the stem and layer 4 of a finished run as a ResNet state dict "
+        "that model.pretrained can load, with the run's record beside it.",
+    )
     p.add_argument("--run", required=True, help="a finished run folder (configs/pretrain.yaml)")
     p.add_argument("--out", required=True, help="the .pt file to write, e.g. results/pretrained/trunk.pt")
     p.set_defaults(func=_cli)

@@ -25,7 +25,11 @@ def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "canlib", "configs"],
-            cwd=repo, capture_output=True, text=True, check=True, timeout=10,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         return {"commit": head, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
@@ -38,8 +42,12 @@ def _code_without_docstrings(source: str) -> str:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
 
@@ -110,8 +118,7 @@ def module_fingerprints(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
 
 def _git(*args: str, repo: Path = REPO_DIR) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                              timeout=20).stdout
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -132,7 +139,7 @@ def module_fingerprints_at(commit: str, repo: Path = REPO_DIR) -> dict[str, str]
     if listing is not None:
         result = {}
         for path in listing.split():
-            rel = path[len(package) + 1:]
+            rel = path[len(package) + 1 :]
             listed = any(rel == e or rel.startswith(e.rstrip("/") + "/") for e in TRAINING_SOURCES)
             if not rel.endswith(".py") or not listed:
                 continue

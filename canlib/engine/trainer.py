@@ -63,8 +63,16 @@ from canlib.model import CAN
 log = logging.getLogger(__name__)
 
 #: Configuration keys a resumed run may change (extending a run is allowed).
-RESUMABLE_CHANGES = ("optim.epochs", "train.progress", "train.eval_every", "data.num_workers", "data.cache",
-                     "train.compile", "data.root", "data.verify_images")
+RESUMABLE_CHANGES = (
+    "optim.epochs",
+    "train.progress",
+    "train.eval_every",
+    "data.num_workers",
+    "data.cache",
+    "train.compile",
+    "data.root",
+    "data.verify_images",
+)
 #: Files that make a folder a run: ``train`` refuses to start over them without --resume or --overwrite.
 RUN_FILES = (CHECKPOINT, "metrics.json")
 
@@ -101,12 +109,15 @@ def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -
     """Before any work: refuse a folder holding a run (unless resuming or overwriting) and one
     that cannot be written. Writes nothing but a temporary probe file, removed at once."""
     if resume and overwrite:
-        raise RunFolderError("--resume continues the run in the output folder and --overwrite replaces it: "
-                             "pass one of them")
+        raise RunFolderError(
+            "--resume continues the run in the output folder and --overwrite replaces it: pass one of them"
+        )
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if found and not (resume or overwrite):
-        raise RunFolderError(f"the output folder {out} already holds a run ({', '.join(found)}): pass --resume to "
-                             "continue it, --overwrite to replace it, or choose another --output")
+        raise RunFolderError(
+            f"the output folder {out} already holds a run ({', '.join(found)}): pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --output"
+        )
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -143,10 +154,18 @@ def _rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -195,7 +214,8 @@ def check_input_height(height: int, model: CAN) -> None:
         raise ConfigError(
             f"data.height={height} is too small for model.parts={list(model.parts)}: part{largest} cuts the "
             f"layer-4 map (height/{model.output_stride}) into {largest} stripes, so the input must be at least "
-            f"{need} pixels high; raise data.height or drop the largest parts")
+            f"{need} pixels high; raise data.height or drop the largest parts"
+        )
 
 
 def _changed_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -225,7 +245,8 @@ class Trainer:
         self.dataset = build_dataset(cfg)
         num_classes = int(self.dataset.num_train_pids)
         self.train_loader, self.query_loader, self.gallery_loader = build_loaders(
-            cfg, self.dataset, self.seed, self.dist.rank, self.dist.world_size, self.device)
+            cfg, self.dataset, self.seed, self.dist.rank, self.dist.world_size, self.device
+        )
         model = build_model(cfg, num_classes)
         check_input_height(int(cfg["data"]["height"]), model)  # before any image is decoded or file written
         if cfg["data"].get("verify_images", True):
@@ -252,8 +273,9 @@ class Trainer:
         try:
             count = self.dataset.verify_images(part=(self.dist.rank, self.dist.world_size))
         except ImageReadError as exc:
-            raise ImageReadError(f"{exc}. Found before training; replace or remove the file "
-                                 "(data.verify_images=false skips this check)") from None
+            raise ImageReadError(
+                f"{exc}. Found before training; replace or remove the file (data.verify_images=false skips this check)"
+            ) from None
         log.info("checked that %d images decode (%.1f s)", count, time.perf_counter() - start)
 
     def _training_module(self, compile_model: bool) -> torch.nn.Module:
@@ -321,8 +343,11 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         bar = tqdm(
-            total=total_batches, desc=f"epoch {epoch}", leave=False,
-            disable=not (self.cfg["train"]["progress"] and self.is_main), dynamic_ncols=True,
+            total=total_batches,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not (self.cfg["train"]["progress"] and self.is_main),
+            dynamic_ncols=True,
         )
         for step, (images, pids, _camids) in enumerate(loader):
             if step >= total_batches:
@@ -375,8 +400,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.train_model(images)
         pre_bn = None if out.pre_bn is None else gather_with_grad(out.pre_bn.float())
-        return self.loss(gather_with_grad(out.features.float()), gather_with_grad(out.logits.float()),
-                         gather_with_grad(pids), pre_bn=pre_bn)
+        return self.loss(
+            gather_with_grad(out.features.float()),
+            gather_with_grad(out.logits.float()),
+            gather_with_grad(pids),
+            pre_bn=pre_bn,
+        )
 
     def evaluate(self) -> dict[str, Any]:
         e = self.cfg["eval"]
@@ -386,10 +415,18 @@ class Trainer:
         for loader in (self.query_loader, self.gallery_loader):
             loader.generator = torch.Generator().manual_seed(self.seed)
         return evaluate_model(
-            self.model, self.query_loader, self.gallery_loader, self.device,
-            metric=e["metric"], ap=e["ap"], max_rank=int(e["max_rank"]), flip_tta=bool(e["flip_tta"]),
-            rerank=bool(e["rerank"]), chunk_size=int(e["chunk_size"]),
-            amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+            self.model,
+            self.query_loader,
+            self.gallery_loader,
+            self.device,
+            metric=e["metric"],
+            ap=e["ap"],
+            max_rank=int(e["max_rank"]),
+            flip_tta=bool(e["flip_tta"]),
+            rerank=bool(e["rerank"]),
+            chunk_size=int(e["chunk_size"]),
+            amp_dtype=self.amp_dtype,
+            channels_last=self.channels_last,
             gather=eval_gatherer(self.device) if self.dist.enabled else None,
         )
 
@@ -433,13 +470,17 @@ class Trainer:
                         self.save_checkpoint()
                     self.saved_epoch = self.epoch
                 log.info(
-                    "epoch %d/%d  %s  %.1f img/s", self.epoch, epochs,
+                    "epoch %d/%d  %s  %.1f img/s",
+                    self.epoch,
+                    epochs,
                     " ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("loss_")),
                     stats["images_per_s"],
                 )
         except KeyboardInterrupt as exc:
-            raise TrainingInterrupted(f"interrupted after {self.epoch} of {epochs} epochs; {self._kept_checkpoint()}",
-                                      resumable=self.saved_epoch is not None) from exc
+            raise TrainingInterrupted(
+                f"interrupted after {self.epoch} of {epochs} epochs; {self._kept_checkpoint()}",
+                resumable=self.saved_epoch is not None,
+            ) from exc
         metrics = self._final_evaluation()
         if self.is_main:
             (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -457,23 +498,30 @@ class Trainer:
         try:
             saved = yaml.safe_load((self.out / "config.yaml").read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise RunFolderError(f"cannot resume {self.out}: its config.yaml cannot be read "
-                                 f"({error_line(exc)})") from None
-        changed = [k for k in _changed_keys(_fill_defaults(DEFAULTS, saved or {}), self.cfg)
-                   if k not in RESUMABLE_CHANGES]
+            raise RunFolderError(
+                f"cannot resume {self.out}: its config.yaml cannot be read ({error_line(exc)})"
+            ) from None
+        changed = [
+            k for k in _changed_keys(_fill_defaults(DEFAULTS, saved or {}), self.cfg) if k not in RESUMABLE_CHANGES
+        ]
         if changed:
-            raise ValueError(f"cannot resume {self.out}: the configuration differs in {changed} "
-                             f"(a resumed run may change only {', '.join(RESUMABLE_CHANGES)})")
+            raise ValueError(
+                f"cannot resume {self.out}: the configuration differs in {changed} "
+                f"(a resumed run may change only {', '.join(RESUMABLE_CHANGES)})"
+            )
         try:
             recorded = json.loads((self.out / "run.json").read_text()).get("data", {}).get("statistics") or {}
         except (OSError, ValueError):
             recorded = {}  # a run recorded before the data statistics were
         found = self.dataset.statistics()
-        diffs = [f"{key} {found.get(key)} (the run's {value})" for key, value in recorded.items()
-                 if found.get(key) != value]
+        diffs = [
+            f"{key} {found.get(key)} (the run's {value})" for key, value in recorded.items() if found.get(key) != value
+        ]
         if diffs:
-            raise ValueError(f"cannot resume {self.out}: the data set at {self.dataset.root} is not the one it was "
-                             f"trained on: {'; '.join(diffs)}")
+            raise ValueError(
+                f"cannot resume {self.out}: the data set at {self.dataset.root} is not the one it was "
+                f"trained on: {'; '.join(diffs)}"
+            )
 
     def _start_files(self, log_path: Path, overwrite: bool) -> None:
         """The first writes of a run: clear a replaced run, trim or start the log, record config and run."""
@@ -486,22 +534,28 @@ class Trainer:
         elif log_path.is_file():
             _trim_log(log_path, self.epoch)
         dump_config(self.cfg, self.out / "config.yaml")
-        record = {**run_record(self.cfg, self.device), "distributed": self.dist.record(),
-                  "data": {"statistics": self.dataset.statistics()}}  # what a resume compares
+        record = {
+            **run_record(self.cfg, self.device),
+            "distributed": self.dist.record(),
+            "data": {"statistics": self.dataset.statistics()},
+        }  # what a resume compares
         (self.out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def _final_evaluation(self) -> dict[str, Any]:
         """Evaluate the trained model; on failure the checkpoint is kept and the error says how to finish."""
-        finish = (f"the checkpoint of epoch {self.epoch} is kept at {self.out / CHECKPOINT}: once the cause is "
-                  f"fixed, rerun the same train command with --resume (it only evaluates) or run "
-                  f"`python -m canlib evaluate --run {self.out}`")
+        finish = (
+            f"the checkpoint of epoch {self.epoch} is kept at {self.out / CHECKPOINT}: once the cause is "
+            f"fixed, rerun the same train command with --resume (it only evaluates) or run "
+            f"`python -m canlib evaluate --run {self.out}`"
+        )
         try:
             return {"epoch": self.epoch, **self.evaluate()}
         except KeyboardInterrupt as exc:
             raise TrainingInterrupted(f"interrupted during the final evaluation; {finish}", resumable=True) from exc
         except Exception as exc:
-            raise EvaluationFailed(f"training finished but the final evaluation failed: {error_line(exc)}; "
-                                   f"{finish}") from exc
+            raise EvaluationFailed(
+                f"training finished but the final evaluation failed: {error_line(exc)}; {finish}"
+            ) from exc
 
 
 def _append_line(path: Path, record: Mapping[str, Any]) -> None:
@@ -529,7 +583,10 @@ def _trim_log(path: Path, epoch: int) -> None:
 
 
 def train(
-    cfg: dict[str, Any], output_dir: str | Path, device: str | None = "auto", resume: bool = False,
+    cfg: dict[str, Any],
+    output_dir: str | Path,
+    device: str | None = "auto",
+    resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train with a resolved configuration; return the final metrics (also in ``metrics.json``).

@@ -85,8 +85,9 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype | N
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: is it a finished training run?")
     model, meta = model_from_checkpoint(read_run_config(run_dir), checkpoint)
-    weights = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-               for k, v in model.state_dict().items()}
+    weights = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in model.state_dict().items()
+    }
     payload = {
         "format": FORMAT,
         "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
@@ -191,15 +192,21 @@ def register_cli(subparsers) -> None:
     p.add_argument("--run", action="append", help=f"a finished run folder (with {CHECKPOINT}); repeatable")
     p.add_argument("--row", action="append", help="an ablation row 'Table N:label'; repeatable")
     p.add_argument("--config", help="the profile the grid was run with (for --row)")
-    p.add_argument("--data-root", help="the data root the grid was run with (for --row); the images of the "
-                   "ONNX parity check (default: the run's)")
+    p.add_argument(
+        "--data-root",
+        help="the data root the grid was run with (for --row); the images of the "
+        "ONNX parity check (default: the run's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the run (for --row)")
     p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (for --row)")
     p.add_argument("--out", help="output file (one run only)")
     p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    p.add_argument("--onnx", metavar="OUT.onnx", help="write one run's model as ONNX (needs the 'export' extra) "
-                   "and check it against PyTorch")
+    p.add_argument(
+        "--onnx",
+        metavar="OUT.onnx",
+        help="write one run's model as ONNX (needs the 'export' extra) and check it against PyTorch",
+    )
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX parity check (no data set needed)")
     p.set_defaults(func=_export)

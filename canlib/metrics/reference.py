@@ -64,13 +64,14 @@ def reference_evaluate(
     if ap not in AP_VARIANTS:
         raise ValueError(f"unknown AP variant '{ap}'; expected one of {AP_VARIANTS}")
     d = to_numpy(distmat)
-    q_pids, g_pids, q_camids, g_camids = (to_numpy(a).astype(np.int64).reshape(-1)
-                                          for a in (q_pids, g_pids, q_camids, g_camids))
+    q_pids, g_pids, q_camids, g_camids = (
+        to_numpy(a).astype(np.int64).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids)
+    )
     aps, inps, firsts = [], [], []
     for s in range(0, d.shape[0], block_rows):
-        order = np.argsort(d[s:s + block_rows], axis=1, kind="stable")  # ties: lower gallery index first
+        order = np.argsort(d[s : s + block_rows], axis=1, kind="stable")  # ties: lower gallery index first
         gp, gc = g_pids[order], g_camids[order]
-        qp, qc = q_pids[s:s + block_rows, None], q_camids[s:s + block_rows, None]
+        qp, qc = q_pids[s : s + block_rows, None], q_camids[s : s + block_rows, None]
         removed = (gp == JUNK_PID) | ((gp == qp) & (gc == qc))  # junk; same person, same camera
         match = (gp == qp) & ~removed
         rank = np.cumsum(~removed, axis=1).astype(np.float64)  # 1-based rank among the kept items
@@ -86,8 +87,13 @@ def reference_evaluate(
     if not valid.any():
         raise ValueError("no query has a true match in another camera: nothing to evaluate")
     cmc = np.array([(first[valid] <= k).mean() for k in range(1, max_rank + 1)])
-    return {"mAP": float(ap_q[valid].mean()), "mINP": float(inp_q[valid].mean()), "cmc": cmc,
-            "num_valid_queries": int(valid.sum()), "ap_per_query": ap_q}
+    return {
+        "mAP": float(ap_q[valid].mean()),
+        "mINP": float(inp_q[valid].mean()),
+        "cmc": cmc,
+        "num_valid_queries": int(valid.sum()),
+        "ap_per_query": ap_q,
+    }
 
 
 def make_market_like(
@@ -119,9 +125,7 @@ def make_market_like(
     n_id = num_gallery - n_junk - n_dis
     id_of_image = np.concatenate([np.arange(num_ids), rng.integers(0, num_ids, n_id - num_ids)])
     g_pids = np.concatenate([id_of_image + 1, np.zeros(n_dis, np.int64), np.full(n_junk, JUNK_PID)])
-    g_cams = np.concatenate(
-        [[rng.choice(cams_of[i]) for i in id_of_image], rng.integers(0, num_cams, n_dis + n_junk)]
-    )
+    g_cams = np.concatenate([[rng.choice(cams_of[i]) for i in id_of_image], rng.integers(0, num_cams, n_dis + n_junk)])
     shuffle = rng.permutation(num_gallery)
     g_pids, g_cams = g_pids[shuffle], g_cams[shuffle]
     centres = rng.standard_normal((num_ids + 1, dim))
@@ -135,6 +139,10 @@ def make_market_like(
         return f.astype(np.float32)
 
     return dict(
-        qf=features(q_pids, q_cams), gf=features(g_pids, g_cams),
-        q_pids=q_pids, g_pids=g_pids, q_camids=q_cams, g_camids=g_cams,
+        qf=features(q_pids, q_cams),
+        gf=features(g_pids, g_cams),
+        q_pids=q_pids,
+        g_pids=g_pids,
+        q_camids=q_cams,
+        g_camids=g_cams,
     )

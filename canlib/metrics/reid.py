@@ -113,7 +113,12 @@ def _check_common(max_rank: int, protocol: str) -> None:
 
 
 def _rank_blocks(
-    dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, gallery: GalleryIndex, acc: _Accumulator, block_rows: int
+    dist: np.ndarray,
+    q_pids: np.ndarray,
+    q_camids: np.ndarray,
+    gallery: GalleryIndex,
+    acc: _Accumulator,
+    block_rows: int,
 ) -> None:
     step = max(1, min(block_rows, gallery.max_block_rows))
     for s in range(0, dist.shape[0], step):
@@ -249,8 +254,18 @@ def evaluate_features(
                 pairwise_distance(g, g.to(q.device), metric=metric, chunk_size=chunk_size),
                 **(rerank_kwargs or {}),
             )
-        out = evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank, ap, protocol, block_rows=block_rows,
-                       return_per_query=return_per_query)
+        out = evaluate(
+            dist,
+            q_pids,
+            g_pids,
+            q_camids,
+            g_camids,
+            max_rank,
+            ap,
+            protocol,
+            block_rows=block_rows,
+            return_per_query=return_per_query,
+        )
         out["rerank"] = rerank
         return out
     qp, gp = _ids(q_pids, "q_pids", nq), _ids(g_pids, "g_pids", ng)

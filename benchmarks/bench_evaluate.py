@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from canlib.metrics import evaluate, pairwise_distance
 from canlib.metrics.reference import MARKET_SIZE, make_market_like, reference_evaluate
 
 MARKET = MARKET_SIZE
-QUICK = dict(num_query=800, num_gallery=4000, num_ids=200, num_cams=6)
+QUICK = {"num_query": 800, "num_gallery": 4000, "num_ids": 200, "num_cams": 6}
 TARGET_RATIO = 0.25
 
 

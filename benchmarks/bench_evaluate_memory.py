@@ -28,8 +28,8 @@ from canlib.metrics import evaluate_features
 from canlib.metrics.distance import GalleryDistances
 from canlib.metrics.reference import make_market_like
 
-MSMT17 = dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15)
-QUICK = dict(num_query=2000, num_gallery=15000, num_ids=500, num_cams=15)
+MSMT17 = {"num_query": 11659, "num_gallery": 82161, "num_ids": 3060, "num_cams": 15}
+QUICK = {"num_query": 2000, "num_gallery": 15000, "num_ids": 500, "num_cams": 15}
 BYTES_PER_GIB = 1024**3
 
 

@@ -16,8 +16,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -32,8 +32,8 @@ def rate(loader: Iterable, batches: int, device: torch.device) -> float:
     while True:
         epoch += 1
         loader.batch_sampler.set_epoch(epoch)
-        for images, _, _ in loader:
-            images = images.to(device, non_blocking=True)
+        for batch, _, _ in loader:
+            images = batch.to(device, non_blocking=True)
             if start is None:  # the first batch pays for worker start-up
                 start, done = time.perf_counter(), 0
                 continue
@@ -46,7 +46,7 @@ def rate(loader: Iterable, batches: int, device: torch.device) -> float:
 
 
 def loaders(dataset, args, device: torch.device, mode: str, workers: int):
-    augment = dict(flip=args.augment, random_erasing=0.5 if args.augment else 0.0)
+    augment = {"flip": args.augment, "random_erasing": 0.5 if args.augment else 0.0}
     files = build_train_loader(
         dataset,
         args.height,

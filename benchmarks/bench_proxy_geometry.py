@@ -97,13 +97,13 @@ def main() -> None:
                 }
             )
             print(
-                f"{name:38s} parts {str(parts):16s} map rows {map_h:2d}  {rows[-1]['windows']:38s} "
+                f"{name:38s} parts {parts!s:16s} map rows {map_h:2d}  {rows[-1]['windows']:38s} "
                 f"{rows[-1]['gflops_per_image']:6.3f} GFLOP/img  {sec:6.3f} s/step"
             )
     base = {r["parts"][-1]: r["step_s_batch32_1thread"] for r in rows if r["candidate"].startswith("v1")}
     for r in rows:
         r["step_ratio_vs_v1"] = round(r["step_s_batch32_1thread"] / base[r["parts"][-1]], 2)
-        print(f"ratio to v1  {r['candidate']:38s} parts {str(tuple(r['parts'])):16s} {r['step_ratio_vs_v1']:.2f}")
+        print(f"ratio to v1  {r['candidate']:38s} parts {tuple(r['parts'])!s:16s} {r['step_ratio_vs_v1']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps({"machine": torch.__config__.parallel_info().splitlines()[0], "threads": 1, "rows": rows}, indent=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -42,12 +43,24 @@ class StrideOneResNet(nn.Module):
         return CANOutput(f[:, None], logits[:, None])
 
 
-def make_step(model: nn.Module, loss: CANLoss, amp_dtype, device):
+def make_step(
+    model: nn.Module,
+    loss: CANLoss,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    forward: Callable[[torch.Tensor], CANOutput] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training step on a batch ``(x, y)``: forward under autocast (``amp_dtype``; ``None``: off),
+    the CAN losses, backward, Adam (lr 3e-4) over the parameters of ``model`` and ``loss``.
+
+    ``forward`` runs the forward pass instead of ``model`` (e.g. ``torch.compile(model)``).
+    """
     opt = torch.optim.Adam(list(model.parameters()) + list(loss.parameters()), lr=3e-4)
+    run = model if forward is None else forward
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x)
+            out = run(x)
         total, _ = loss(out.features.float(), out.logits.float(), y)
         opt.zero_grad(set_to_none=True)
         total.backward()

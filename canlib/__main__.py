@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Modules that contribute sub-commands, in the order ``--help`` lists them.
 _COMMAND_MODULES = (
@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "canlib.engine.weights",  # export
     "canlib.engine.pretrain",  # export-trunk
     "canlib.engine.decide",  # decide
+    "canlib.engine.certify",  # certify
 )
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -49,7 +50,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> Summary:
     keys = [k for k in METRIC_KEYS if k in df]
     stats = df.groupby(["table", "row"], sort=False)[keys]
     mean, std, n = stats.mean() * 100, stats.std(ddof=1) * 100, stats.size()
-    table = pd.DataFrame({k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n)] for k in keys}, index=mean.index)
+    table = pd.DataFrame(
+        {k: [_format(m, s, c) for m, s, c in zip(mean[k], std[k], n, strict=True)] for k in keys}, index=mean.index
+    )
     table["seeds"] = n
     published = [paper.ABLATION_TABLES.get(t, {}).get(r, {}) for t, r in table.index]
     table["paper mAP"] = [row.get("mAP") for row in published]
@@ -73,24 +76,21 @@ def _holds(values: Sequence[float], claim: paper.Claim) -> bool:
 
 def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict[str, Any]:
     published = [paper.ABLATION_TABLES[t][r][metric] for t, r in claim.rows]
-    have = summary is not None and all(key in summary.mean.index for key in claim.rows)
-    ours = [float(summary.mean.loc[key, metric]) for key in claim.rows] if have else []
-    seeds = [int(summary.seeds.loc[key]) for key in claim.rows] if have else [0]
-    ts = (
-        [
-            welch_t(
-                ours[a],
-                float(summary.std.loc[claim.rows[a], metric]),
-                seeds[a],
-                ours[b],
-                float(summary.std.loc[claim.rows[b], metric]),
-                seeds[b],
-            )
+    have = False  # every row of the claim recorded
+    ours: list[float] = []
+    seeds: list[int] = [0]
+    ts: list[float] = []
+    if summary is not None and all(key in summary.mean.index for key in claim.rows):
+        have = True
+        means = summary.mean[metric].astype(float).to_dict()  # {(table, row): value}
+        stds = summary.std[metric].astype(float).to_dict()
+        counts = summary.seeds.astype(int).to_dict()
+        ours = [means[key] for key in claim.rows]
+        seeds = [counts[key] for key in claim.rows]
+        ts = [
+            welch_t(ours[a], stds[claim.rows[a]], seeds[a], ours[b], stds[claim.rows[b]], seeds[b])
             for a, b in claim.comparisons()
         ]
-        if have
-        else []
-    )
     return {
         "claim": claim.text,
         "paper holds?": "yes" if _holds(published, claim) else "no",
@@ -119,7 +119,7 @@ def judge_claims(
 def _values(values: Sequence[float], claim: paper.Claim) -> str:
     if claim.kind == "pairwise":  # with / without, pattern by pattern
         half = len(values) // 2
-        return ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(values[:half], values[half:]))
+        return ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(values[:half], values[half:], strict=True))
     if len(values) == 2:
         return f"{values[0]:.1f} vs {values[1]:.1f}"
     return ", ".join(f"{v:.1f}" for v in values)

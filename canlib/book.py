@@ -28,7 +28,8 @@ ids in it. myst-nb and IPython are only needed when a chapter runs (the ``book``
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -40,7 +41,7 @@ Format = str | Callable[[Any], str]
 def _cell(value: Any, fmt: Format | None) -> str:
     """One table cell as text: ``fmt`` is a format spec (``".2f"``, ``",d"``) or a callable."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "\N{EN DASH}"
     if callable(fmt):
         text = fmt(value)
     elif fmt is not None and not isinstance(value, (str, bool)):
@@ -81,9 +82,12 @@ def markdown_table(df: pd.DataFrame, formats: Mapping[Any, Format] | Format | No
     ]
     # the default format is for the values; index columns (labels) only get a format by name
     fmts = [
-        per_column.get(c, default if num and c not in index_columns else None) for c, num in zip(table.columns, numeric)
+        per_column.get(c, default if num and c not in index_columns else None)
+        for c, num in zip(table.columns, numeric, strict=True)
     ]
-    rows = [[_cell(v, fmt) for v, fmt in zip(row, fmts)] for row in table.itertuples(index=False, name=None)]
+    rows = [
+        [_cell(v, fmt) for v, fmt in zip(row, fmts, strict=True)] for row in table.itertuples(index=False, name=None)
+    ]
     lines = [
         "| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
         "|" + "|".join("---:" if num else ":---" for num in numeric) + "|",
@@ -128,7 +132,7 @@ def claim_verdict(holds: str, t: float, clear: float = 3.0) -> str:
     with a symbol and words so that it reads without colour too.
     """
     if holds == "not run":
-        kind, text = "not run", "– not run yet"
+        kind, text = "not run", "\N{EN DASH} not run yet"
     else:
         strong = not math.isnan(t) and abs(t) >= clear
         kind = ("clear " if strong else "") + ("for" if holds == "yes" else "against")
@@ -156,5 +160,7 @@ def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float
         out[f"{prefix}mAP %"] = frame["proxy mAP %"].to_numpy()
         out[f"{prefix}min t"] = frame["min t"].to_numpy(dtype=float)
         out[f"{prefix}seeds"] = frame["min seeds"].to_numpy(dtype=int)
-        out[f"{prefix}verdict"] = [claim_verdict(h, t, clear) for h, t in zip(frame["proxy holds?"], frame["min t"])]
+        out[f"{prefix}verdict"] = [
+            claim_verdict(h, t, clear) for h, t in zip(frame["proxy holds?"], frame["min t"], strict=True)
+        ]
     return out

@@ -11,7 +11,8 @@ in ``params``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from canlib.paper import PART_PATTERNS
 
 __all__ = ["complexity_table", "count_parameters", "forward_flops", "model_complexity"]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -50,7 +51,7 @@ def model_complexity(model: nn.Module, input_size: tuple[int, int] = (384, 128),
         multiply-add = 2 FLOPs), ``input_size``, ``batch_size`` and, when the model
         has one, ``descriptor_dim``.
     """
-    first = next(model.parameters(), None)
+    first: torch.Tensor | None = next(model.parameters(), None)
     if first is None:
         first = torch.empty(0)  # a parameter-free module: run it on the CPU in float32
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -69,8 +70,9 @@ def model_complexity(model: nn.Module, input_size: tuple[int, int] = (384, 128),
         "input_size": tuple(input_size),
         "batch_size": batch_size,
     }
-    if hasattr(model, "descriptor_dim"):
-        result["descriptor_dim"] = int(model.descriptor_dim)
+    descriptor_dim = getattr(model, "descriptor_dim", None)  # a plain int attribute (CAN), not a submodule
+    if descriptor_dim is not None:
+        result["descriptor_dim"] = int(descriptor_dim)
     return result
 
 
@@ -108,7 +110,7 @@ def complexity_table(
                     **stats,
                 }
             )
-            _logger.info(
+            log.info(
                 "%s CA=%s: %.1fM params, %.2f GFLOPs", name, collaborative, stats["params"] / 1e6, stats["flops"] / 1e9
             )
             del model

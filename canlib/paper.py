@@ -32,14 +32,20 @@ FINAL_PATTERN = "Part-1,3,5,7"
 #: which terms are on, and which features the clustering losses (triplet, center) see.
 #: The last row is the paper's final recipe.
 LOSS_ROWS: dict[str, dict[str, Any]] = {
-    "CE": dict(ce_weight=1.0, triplet_weight=0.0, center_weight=0.0, clustering_features="global"),
-    "CE + triplet": dict(ce_weight=1.0, triplet_weight=1.0, center_weight=0.0, clustering_features="global"),
-    "CE + triplet + center": dict(
-        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="global"
-    ),
-    "CE + triplet + center (global & local)": dict(
-        ce_weight=1.0, triplet_weight=1.0, center_weight=0.0005, clustering_features="all"
-    ),
+    "CE": {"ce_weight": 1.0, "triplet_weight": 0.0, "center_weight": 0.0, "clustering_features": "global"},
+    "CE + triplet": {"ce_weight": 1.0, "triplet_weight": 1.0, "center_weight": 0.0, "clustering_features": "global"},
+    "CE + triplet + center": {
+        "ce_weight": 1.0,
+        "triplet_weight": 1.0,
+        "center_weight": 0.0005,
+        "clustering_features": "global",
+    },
+    "CE + triplet + center (global & local)": {
+        "ce_weight": 1.0,
+        "triplet_weight": 1.0,
+        "center_weight": 0.0005,
+        "clustering_features": "all",
+    },
 }
 
 #: Table 2: part patterns without collaborative attention. mAP / rank-1 / rank-3 / rank-5.
@@ -180,6 +186,8 @@ class Claim:
         if self.kind == "decreasing":
             return [(i, i + 1) for i in range(n - 1)]
         if self.kind == "pairwise":
+            if n % 2:
+                raise ValueError(f"pairwise claim {self.text!r} needs an even number of rows, got {n}")
             return [(i, i + n // 2) for i in range(n // 2)]
         if self.kind == "best":
             return [(0, i) for i in range(1, n)]
@@ -211,7 +219,7 @@ def paper_claims() -> list[Claim]:
         Claim(
             "with CA, Part-1,3,5,7 is the best pattern",
             "best",
-            (("Table 3", best),) + tuple(("Table 3", p) for p in patterns if p != best),
+            (("Table 3", best), *(("Table 3", p) for p in patterns if p != best)),
         ),
         Claim("adding the triplet loss helps: CE + triplet > CE", "greater", (("Table 4", t4[1]), ("Table 4", t4[0]))),
         Claim(

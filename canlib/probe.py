@@ -8,8 +8,8 @@ attention on or off *with the same weights*, so the two can be compared directly
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch

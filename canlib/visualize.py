@@ -14,7 +14,8 @@ drawn; this is the usual choice for "feature maps before the last pooling".
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,8 @@ def activation_maps(model: CAN, images: Tensor, combine: bool = True, upsample: 
         maps = model.feature_maps(images)
     finally:
         model.train(was_training)
-    size = tuple(images.shape[-2:]) if upsample else None
+    height, width = images.shape[-2:]
+    size = (height, width) if upsample else None
     out = {name: activation_map(fmap, size) for name, fmap in maps.items()}
     if combine:
         out["all"] = activation_map(torch.cat(list(maps.values()), dim=1), size)
@@ -79,7 +81,7 @@ def highlight_regions(amap: np.ndarray | Tensor, threshold: float = 0.5) -> dict
     mask = a >= threshold
     seen = np.zeros_like(mask)
     components = 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
             continue
         components += 1
@@ -173,7 +175,7 @@ def plot_ranked_lists(
         for j in range(k):
             label = f"{j + 1}" if distances is None else f"{j + 1}: " + distance_format.format(distances[r, j])
             panels.append((gallery_images[r][j], "tab:green" if matches[r, j] else "tab:red", label))
-        for ax, (img, colour, label) in zip(axes[r], panels):
+        for ax, (img, colour, label) in zip(axes[r], panels, strict=True):
             ax.imshow(img)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from canlib.analysis import judge_claims, summarize
 from canlib.config import config_hash
 from canlib.engine import ablation
-from canlib.analysis import judge_claims, summarize
-from canlib.engine.ablation import Row, ablation_rows, resolve, run_grid
+from canlib.engine.ablation import ablation_rows, resolve, run_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -60,14 +60,14 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     real = ablation._train_subprocess
     monkeypatch.setattr(ablation, "_train_subprocess", lambda cfg, *a: (calls.append(cfg), real(cfg, *a)))
     rows = [r for r in ablation_rows(["Table 3", "Table 4"]) if r.label in ("Part-1,3,5,7", "CE + triplet")]
-    kwargs = dict(
-        profile=SMOKE,
-        data_root=tiny_data,
-        rows=rows,
-        seeds=(0,),
-        results_dir=tmp_path / "results",
-        runs_dir=tmp_path / "runs",
-    )
+    kwargs = {
+        "profile": SMOKE,
+        "data_root": tiny_data,
+        "rows": rows,
+        "seeds": (0,),
+        "results_dir": tmp_path / "results",
+        "runs_dir": tmp_path / "runs",
+    }
     records = run_grid(**kwargs)
     assert len(records) == 2 and len(calls) == 1 and records[0]["run"] == records[1]["run"]
     recorded = tmp_path / "results" / records[0]["run"]
@@ -104,7 +104,7 @@ def test_summarize_formats_one_and_several_seeds():
 
 def test_load_records_reads_without_training(tiny_data, tmp_path):
     rows = [r for r in ablation_rows(["Table 4"]) if r.label == "CE"]
-    kwargs = dict(rows=rows, seeds=(0,), results_dir=tmp_path / "results")
+    kwargs = {"rows": rows, "seeds": (0,), "results_dir": tmp_path / "results"}
     assert ablation.load_records(SMOKE, tiny_data, **kwargs) == []
     run_grid(SMOKE, tiny_data, runs_dir=tmp_path / "runs", **kwargs)
     (record,) = ablation.load_records(SMOKE, tiny_data, **kwargs)

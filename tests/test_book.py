@@ -26,7 +26,7 @@ def test_markdown_table_refuses_floats_without_a_format_and_blanks_missing_value
     with pytest.raises(ValueError, match="fixed precision"):
         markdown_table(df, index=False)
     lines = markdown_table(df, {"x": ".1f", "n": ",d"}, index=False).splitlines()
-    assert lines[2:] == ["| 1.2 | 1,234 |", "| – | 5 |"]
+    assert lines[2:] == ["| 1.2 | 1,234 |", "| \N{EN DASH} | 5 |"]
 
 
 def test_markdown_table_flattens_multiindex_columns_and_callable_formats():

@@ -15,7 +15,7 @@ from canlib.engine.distributed import GlobalBatchShard
 from canlib.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-AUGMENT = dict(flip=True, pad=6, random_erasing=0.5)
+AUGMENT = {"flip": True, "pad": 6, "random_erasing": 0.5}
 
 
 def _file_batches(dataset, epoch: int, seed: int = 0, **augment) -> list:
@@ -51,12 +51,12 @@ def test_cached_batches_equal_the_file_loaders(dataset, augment):
     for epoch in (1, 2):
         files, cache = _file_batches(dataset, epoch, **augment), _cached_batches(cached, epoch)
         assert len(files) == len(cache) == len(cached) > 0
-        for (fx, fp, fc), (cx, cp, cc) in zip(files, cache):
+        for (fx, fp, fc), (cx, cp, cc) in zip(files, cache, strict=True):
             assert cx.dtype == torch.float32 and cx.shape == fx.shape == (8, 3, 64, 32)
             assert torch.equal(fx.as_subclass(torch.Tensor), cx) and torch.equal(fp, cp) and torch.equal(fc, cc)
     if augment:  # the draws did something: another seed gives other batches
         other = _cached_batches(cached, 1, seed=1)
-        assert not all(torch.equal(a[0], b[0]) for a, b in zip(other, _cached_batches(cached, 1)))
+        assert not all(torch.equal(a[0], b[0]) for a, b in zip(other, _cached_batches(cached, 1), strict=True))
 
 
 def test_two_ranks_see_the_one_process_global_batch_with_its_augmentations(dataset):
@@ -75,7 +75,7 @@ def test_cache_holds_uint8_images_and_builds_once(dataset):
     assert cache.images.shape == (len(dataset.train), 3, 64, 32) and cache.nbytes == cache.images.numel()
     assert loader.build_cache() is cache
     assert cache_storage("device", torch.device("cpu"), 10**12) == torch.device("cpu")
-    with pytest.raises(ValueError, match="data.cache"):
+    with pytest.raises(ValueError, match=r"data\.cache"):
         cache_storage("none", torch.device("cpu"), 1)
 
 
@@ -96,7 +96,7 @@ def test_build_loaders_reads_data_cache(tiny_data):
     train, _, _ = build_loaders(cfg, load_dataset("synthetic", tiny_data), 0)
     assert isinstance(train, CachedTrainLoader) and train.mode == "memory"
     cfg["data"]["cache"] = "disk"
-    with pytest.raises(ValueError, match="data.cache must be one of"):
+    with pytest.raises(ValueError, match=r"data\.cache must be one of"):
         build_loaders(cfg, load_dataset("synthetic", tiny_data), 0)
 
 

@@ -136,7 +136,7 @@ def test_msmt17(tmp_path: Path, folder: str, v2: bool) -> None:
 
 
 def test_msmt17_wrong_root(tmp_path: Path) -> None:
-    with pytest.raises(DatasetLayoutError, match="list_train.txt"):
+    with pytest.raises(DatasetLayoutError, match=r"list_train\.txt"):
         load_dataset("msmt17", tmp_path)
 
 
@@ -180,7 +180,7 @@ def test_corrupt_image(tmp_path: Path) -> None:
     _market_tree(tmp_path)
     bad = tmp_path / "bounding_box_test" / "0003_c4s1_000099_01.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    with pytest.raises(ImageReadError, match="0003_c4s1_000099_01.jpg"):
+    with pytest.raises(ImageReadError, match=r"0003_c4s1_000099_01\.jpg"):
         read_image(bad)
     ds = load_dataset("folder", tmp_path)  # not scanned by default: fails when read
     index = [Path(p).name for p, _, _ in ds.gallery].index(bad.name)

@@ -160,7 +160,7 @@ def test_parity_check_fails_loudly_beyond_its_bounds():
         "mINP_onnx": 0.2,
     }
     check_parity(good)
-    with pytest.raises(ParityError, match="max abs difference.*min cosine.*mAP"):
+    with pytest.raises(ParityError, match=r"max abs difference.*min cosine.*mAP"):
         check_parity({**good, "max_abs_diff": 1e-3, "min_cosine": 0.99, "mAP_onnx": 0.49})
 
 

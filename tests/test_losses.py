@@ -229,9 +229,14 @@ def test_clustering_input_pre_bn_feeds_the_triplet_and_center_the_features_befor
     pids = torch.tensor([0, 0, 1, 1])
     post, pre = torch.randn(4, 3, 8), torch.randn(4, 3, 8) * 10
     logits = torch.randn(4, 3, 2).clamp(-1, 1)
-    kwargs = dict(
-        num_classes=2, feat_dim=8, num_features=3, global_indices=[0], local_indices=[1, 2], center_weight=0.0
-    )
+    kwargs = {
+        "num_classes": 2,
+        "feat_dim": 8,
+        "num_features": 3,
+        "global_indices": [0],
+        "local_indices": [1, 2],
+        "center_weight": 0.0,
+    }
     on_pre = CANLoss(clustering_input="pre_bn", **kwargs)
     on_post = CANLoss(**kwargs)
     _, pre_terms = on_pre(post, logits, pids, pre_bn=pre)

@@ -141,7 +141,7 @@ def test_layer4_copies_are_independent() -> None:
     model = slim_can()
     first, *others = [b.layer4 for b in model.branches.values()]
     for other in others:
-        for p, q in zip(first.parameters(), other.parameters()):
+        for p, q in zip(first.parameters(), other.parameters(), strict=True):
             assert p.data_ptr() != q.data_ptr()
             torch.testing.assert_close(p, q)  # same starting weights
     with torch.no_grad():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ def test_paper_windows_cover_the_map(out_size: int) -> None:
     assert len(windows) == out_size
     assert windows[0] == (0, kernel)
     assert windows[-1][1] == 24
-    assert all(b[0] - a[0] == stride for a, b in zip(windows, windows[1:]))
+    assert all(b[0] - a[0] == stride for a, b in itertools.pairwise(windows))
 
 
 @pytest.mark.parametrize("out_size", [1, 2, 3, 4])
@@ -46,7 +48,7 @@ def test_windows_differ_from_pytorch_otherwise(out_size: int) -> None:
     paper = paper_windows(24, out_size)
     assert paper != adaptive_windows(24, out_size)
     # equation (1) makes neighbouring windows overlap here
-    assert any(b[0] < a[1] for a, b in zip(paper, paper[1:]))
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(paper))
 
 
 def test_explicit_windows_for_five_parts() -> None:
@@ -59,7 +61,7 @@ def test_adaptive_windows_match_pytorch(in_size: int, out_size: int) -> None:
     ramp = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size)
     ends = F.adaptive_max_pool1d(ramp, out_size).flatten().long() + 1
     starts = -F.adaptive_max_pool1d(-ramp, out_size).flatten().long()
-    assert adaptive_windows(in_size, out_size) == list(zip(starts.tolist(), ends.tolist()))
+    assert adaptive_windows(in_size, out_size) == list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 @pytest.mark.parametrize("in_size,out_size", [(3, 5), (8, 9), (0, 1), (5, 0), (-1, 1)])
@@ -69,7 +71,7 @@ def test_equation_1_rejects_too_small_maps(in_size: int, out_size: int) -> None:
 
 
 def test_too_small_message_is_clear() -> None:
-    with pytest.raises(ValueError, match="too small.*3 rows.*5 parts"):
+    with pytest.raises(ValueError, match=r"too small.*3 rows.*5 parts"):
         paper_pool_params(3, 5)
 
 

@@ -35,11 +35,9 @@ def test_row_support_of_three_disjoint_stripes_with_and_without_ca():
 def test_collaborative_attention_restores_the_branch_even_after_an_error():
     b = branch(4)
     original = b.attention
-    with pytest.raises(RuntimeError):
-        with collaborative_attention(b, enabled=False):
-            assert isinstance(b.attention, nn.Identity)
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError), collaborative_attention(b, enabled=False):
+        assert isinstance(b.attention, nn.Identity)
+        raise RuntimeError("inside")
     assert b.attention is original and isinstance(b.attention, CollaborativeAttention)
-    with pytest.raises(ValueError, match="no stripes"):
-        with collaborative_attention(branch(1), enabled=False):
-            pass
+    with pytest.raises(ValueError, match="no stripes"), collaborative_attention(branch(1), enabled=False):
+        pass

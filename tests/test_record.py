@@ -50,7 +50,7 @@ def test_prose_does_not_change_it_but_code_does(package: Path) -> None:
 
 def test_a_missing_listed_source_is_named(package: Path) -> None:
     (package / "pooling.py").unlink()
-    with pytest.raises(FileNotFoundError, match="pooling.py"):
+    with pytest.raises(FileNotFoundError, match=r"pooling\.py"):
         code_fingerprint(package)
 
 
@@ -95,3 +95,110 @@ def test_freshness_of_a_recorded_run(tmp_path: Path) -> None:
     stale = {"code_fingerprint": "0" * 12, "code_modules": {**module_fingerprints(), "losses.py": "x"}}
     (run / "run.json").write_text(json.dumps(stale))
     assert freshness(run) == "losses.py"
+
+
+def _edge(module: str, a: str, b: str) -> dict:
+    return {"module": module, "from": a, "to": b, "why": "test", "evidence": "x.json"}
+
+
+def test_certified_equivalences_make_a_changed_module_count_as_unchanged() -> None:
+    from canlib.engine.record import changed_modules, equivalent
+
+    chain = [_edge("model.py", "a", "b"), _edge("model.py", "c", "b"), _edge("losses.py", "a", "z")]
+    assert equivalent("model.py", "a", "c", chain)  # a -> b <- c: joined, in either direction
+    assert not equivalent("model.py", "a", "z", chain)  # an edge of another module does not count
+    assert not equivalent("model.py", None, "a", chain)  # an unknown fingerprint never is
+    record = {"code_modules": {"model.py": "a", "losses.py": "q"}}
+    current = {"model.py": "c", "losses.py": "r"}
+    assert changed_modules(record, current, chain) == ["losses.py"]
+    assert changed_modules(record, current, []) == ["losses.py", "model.py"]
+
+
+def test_modules_a_clean_run_did_not_record_are_read_from_its_commit(monkeypatch) -> None:
+    from canlib.engine import record as rec
+
+    monkeypatch.setattr(rec, "module_fingerprints_at", lambda commit: {"model.py": "m", "new.py": "n"})
+    clean = {"git": {"commit": "abc", "dirty": False}, "code_modules": {"model.py": "m"}}
+    dirty = {"git": {"commit": "abc", "dirty": True}, "code_modules": {"model.py": "m"}}
+    current = {"model.py": "m", "new.py": "n"}
+    assert rec.changed_modules(clean, current, []) == []
+    assert rec.changed_modules(dirty, current, []) == ["new.py"]  # a dirty tree's module is unknown
+
+
+def test_a_broken_equivalences_file_is_named(tmp_path: Path) -> None:
+    from canlib.engine.record import load_equivalences
+
+    assert load_equivalences(tmp_path / "absent.json") == []
+    bad = tmp_path / "equivalences.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"equivalences\.json"):
+        load_equivalences(bad)
+
+
+def test_certify_digests_change_with_any_bit_and_name_what_differs() -> None:
+    import math
+
+    import torch
+
+    from canlib.engine.certify import compare, digest
+
+    t = torch.zeros(3)
+    u = t.clone()
+    u[1] = torch.finfo(torch.float32).tiny  # the smallest change a float can make
+    assert digest({"w": t, "lr": 0.1}) == digest({"lr": 0.1, "w": t.clone()})
+    assert digest({"w": t}) != digest({"w": u})
+    assert digest([0.1]) != digest([math.nextafter(0.1, 1.0)])
+    old = {"row": {"log": "1", "checkpoint.model": "2"}}
+    assert compare(old, {"row": {"log": "1", "checkpoint.model": "2"}}) == []
+    assert compare(old, {"row": {"log": "1", "checkpoint.model": "3"}}) == ["row: checkpoint.model"]
+
+
+def test_certify_names_changed_modules_including_added_ones(package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from canlib.engine.certify import ABSENT, changed_fingerprints
+
+    old = tmp_path / "old"
+    shutil.copytree(package, old)
+    (old / "data" / "split.py").unlink()
+    (package / "model.py").write_text((package / "model.py").read_text() + "\nEXTRA = 1\n")
+    changed = changed_fingerprints(old, package)
+    assert set(changed) == {"model.py", "data/split.py"}
+    assert changed["data/split.py"][0] == ABSENT
+
+
+def test_certify_replays_every_configuration_the_records_use() -> None:
+    from canlib.config import config_hash
+    from canlib.engine.ablation import ablation_rows, resolve
+    from canlib.engine.certify import replay_configs
+
+    root = Path(__file__).resolve().parents[1]
+    configs = replay_configs(root / "configs" / "cpu.yaml", root / "configs" / "pretrain.yaml")
+    distinct = {config_hash(resolve(root / "configs" / "cpu.yaml", r, 0, "x")) for r in ablation_rows()}
+    grid = [name for name in configs if name.startswith("Table")]
+    assert len(grid) == len(distinct)  # each distinct grid run once
+    assert any(name.startswith("decision") for name in configs) and "pretraining" in configs
+    assert all(cfg["optim"]["epochs"] == 2 and cfg["optim"]["milestones"] == [1] for cfg in configs.values())
+
+
+def test_a_run_whose_pretrained_weights_file_changed_is_not_current(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from canlib.engine.ablation import freshness
+    from canlib.engine.record import code_fingerprint, input_files, module_fingerprints
+
+    weights = tmp_path / "trunk.pt"
+    weights.write_bytes(b"weights, version 1")
+    cfg = {"model": {"pretrained": str(weights)}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    record = {"code_fingerprint": code_fingerprint(), "code_modules": module_fingerprints(), "inputs": input_files(cfg)}
+    (run / "run.json").write_text(json.dumps(record))
+    assert freshness(run) == ""
+    weights.write_bytes(b"weights, version 2")
+    assert freshness(run) == "model.pretrained (file changed)"
+    assert input_files({"model": {"pretrained": None}}) == {}
+    assert input_files({"model": {"pretrained": "imagenet"}}) == {}

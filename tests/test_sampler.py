@@ -25,7 +25,7 @@ def test_batches_hold_p_ids_times_k(epoch_mode: str) -> None:
     assert len(batches) == len(sampler) > 0
     for batch in batches:
         _check_batch(batch, 4, 4)
-        for pid, n in Counter(PIDS[i] for i in batch).items():  # k distinct images when the id has >= k
+        for pid in {PIDS[i] for i in batch}:  # k distinct images when the id has >= k
             if PIDS.count(pid) >= 4:
                 assert len({i for i in batch if PIDS[i] == pid}) == 4
 
@@ -60,7 +60,7 @@ def test_deterministic_per_seed_and_epoch() -> None:
 def test_sharding_is_disjoint_with_equal_counts(epoch_mode: str) -> None:
     full = PKSampler(PIDS, p=2, k=2, seed=3, epoch=epoch_mode)
     shards = [PKSampler(PIDS, p=2, k=2, seed=3, rank=r, world_size=3, epoch=epoch_mode) for r in range(3)]
-    for s in shards + [full]:
+    for s in [*shards, full]:
         s.set_epoch(5)
     parts = [list(s) for s in shards]
     assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(shards[0]) == len(full) // 3

@@ -16,7 +16,7 @@ from canlib.data import load_dataset
 from canlib.data.synthetic import make_synthetic, sample_grid
 from canlib.data.synthetic_identity import make_identities
 
-SMALL = dict(ids=24, images_per_id=6, hard_negative_fraction=0.5)
+SMALL = {"ids": 24, "images_per_id": 6, "hard_negative_fraction": 0.5}
 NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 
 

@@ -18,11 +18,11 @@ def test_shapes_and_normalisation() -> None:
     assert out.shape == (3, 384, 128) and out.dtype == torch.float32
     assert out.abs().max() < 0.05  # the mean colour normalises to ~0
     raw = build_transforms(32, 16, normalize=False)(img)
-    assert raw.shape == (3, 32, 16) and 0.0 <= raw.min() and raw.max() <= 1.0
+    assert raw.shape == (3, 32, 16) and raw.min() >= 0.0 and raw.max() <= 1.0
 
 
 @pytest.mark.parametrize(
-    "opts", [dict(flip=True), dict(pad=10), dict(random_erasing=1.0), dict(flip=True, pad=4, random_erasing=0.5)]
+    "opts", [{"flip": True}, {"pad": 10}, {"random_erasing": 1.0}, {"flip": True, "pad": 4, "random_erasing": 0.5}]
 )
 def test_augmentations_keep_shape(opts: dict) -> None:
     img = Image.new("RGB", (50, 100), (200, 10, 10))
@@ -40,7 +40,7 @@ def test_loaders(tmp_path: Path) -> None:
     ds = load_dataset("synthetic", tmp_path / "s")
     loader = build_train_loader(ds, height=32, width=16, p=4, k=2, seed=0)
     loader.batch_sampler.set_epoch(0)
-    images, pids, cams = next(iter(loader))
+    images, pids, _cams = next(iter(loader))
     assert images.shape == (8, 3, 32, 16) and len(set(pids.tolist())) == 4
     assert len(loader) == ds.num_train_pids // 4
     query, gallery = build_test_loaders(ds, height=32, width=16, batch_size=16)

@@ -9,7 +9,7 @@ import torch
 
 from canlib.config import load_config
 from canlib.engine.build import build_dataset, build_loaders
-from canlib.engine.checkpoint import CheckpointError
+from canlib.engine.checkpoint import CheckpointError, checkpoint_path
 from canlib.engine.trainer import Trainer, train
 from canlib.engine.weights import export_weights, load_trained
 
@@ -26,13 +26,13 @@ def finished_run(tiny_data, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("dtype", [None, torch.float16])
 def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dtype):
     path = export_weights(finished_run, tmp_path / "w.pt", dtype=dtype)
-    assert path.stat().st_size < (finished_run / "checkpoints" / "last.pt").stat().st_size
+    assert path.stat().st_size < checkpoint_path(finished_run).stat().st_size
     model, meta = load_trained(path)
     assert not model.training and meta["epoch"] == 2 and meta["metrics"]["mAP"] >= 0
     assert meta["record"]["code_fingerprint"] and meta["config"]["data"]["root"]
 
-    trainer = Trainer(meta["config"], tmp_path / "again", device="cpu")
-    trainer.load_checkpoint(finished_run / "checkpoints" / "last.pt")
+    trainer = Trainer.from_config(meta["config"], tmp_path / "again", device="cpu")
+    trainer.load_checkpoint(checkpoint_path(finished_run))
     reference = trainer.model.eval()
     _, query_loader, _ = build_loaders(meta["config"], build_dataset(meta["config"]), seed=0)
     images = next(iter(query_loader))[0][:4]
@@ -43,7 +43,7 @@ def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dt
 
 
 def test_export_needs_a_finished_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoints/last.pt"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/last\.pt"):
         export_weights(tmp_path, tmp_path / "w.pt")
 
 

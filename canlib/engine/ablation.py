@@ -5,8 +5,9 @@ profile, built from :mod:`canlib.paper` (the part patterns, the loss rows, and t
 trained Tables 2-3). A run is identified by the hash of its resolved configuration (seed
 included) and recorded under ``results_dir/<hash>/`` with its configuration, run record,
 per-epoch log and metrics. A recorded run is reused when its configuration hash matches and
-its code fingerprint (:func:`canlib.engine.record.code_fingerprint`) equals the current one,
-so rerunning the grid only trains what changed; ``force=True`` retrains everything. The
+it was trained by the current training code, module by module, or by code that
+``python -m canlib certify`` showed to train bit-for-bit the same (:func:`freshness`), so
+rerunning the grid only trains what changed; ``force=True`` retrains everything. The
 statistics over seeds and the paper's claims live in :mod:`canlib.analysis`.
 """
 
@@ -18,14 +19,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+import yaml
 
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
-from canlib.engine.record import changed_modules, code_fingerprint, module_fingerprints
+from canlib.engine.record import changed_inputs, changed_modules, code_fingerprint, module_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +82,14 @@ def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> 
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
 
 
-def recorded_run(results_dir: Path, cfg: dict[str, Any], fingerprint: str | None) -> dict[str, Any] | None:
+def recorded_run(
+    results_dir: Path, cfg: dict[str, Any], current: tuple[str, dict[str, str]] | None
+) -> dict[str, Any] | None:
     """The metrics of a recorded run with this configuration, or None.
 
-    With a ``fingerprint`` the run must also have been trained by the same code; with
-    ``None`` any recorded run of the configuration is returned (see :func:`load_records`).
+    With ``current`` (the checkout's ``(code_fingerprint(), module_fingerprints())``) the run
+    must also have been trained by the current code, or code certified equivalent to it
+    (:func:`freshness`); with ``None`` any recorded run of the configuration is returned.
     """
     folder = Path(results_dir) / config_hash(cfg)
     try:
@@ -90,7 +97,7 @@ def recorded_run(results_dir: Path, cfg: dict[str, Any], fingerprint: str | None
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if fingerprint is not None and record.get("code_fingerprint") != fingerprint:
+    if current is not None and freshness(folder, current) != "":
         return None
     return {
         **metrics,
@@ -112,8 +119,7 @@ def load_records(
     which training modules changed since (``changed``, see :func:`freshness`); runs that were
     never recorded are left out, so a reader sees what exists and how fresh it is.
     """
-    fingerprint = code_fingerprint()
-    current = (fingerprint, module_fingerprints())
+    current = (code_fingerprint(), module_fingerprints())
     out = []
     for row in rows if rows is not None else ablation_rows():
         for seed in seeds:
@@ -122,15 +128,16 @@ def load_records(
             if metrics is None:
                 continue
             key = config_hash(cfg)
+            changed = freshness(Path(results_dir) / key, current)
             out.append(
                 {
                     "table": row.table,
                     "row": row.label,
                     "seed": seed,
                     "run": key,
-                    "current": metrics["code_fingerprint"] == fingerprint,
+                    "current": changed == "",
                     "commit": metrics["commit"],
-                    "changed": freshness(Path(results_dir) / key, current),
+                    "changed": changed,
                     **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
                 }
             )
@@ -141,6 +148,9 @@ def freshness(run_dir: str | Path, current: tuple[str, dict[str, str]] | None = 
     """Which training modules changed since a recorded run: ``""`` when none (a current run),
     a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told.
 
+    A module whose change was certified to train the same (``results/equivalences.json``,
+    :mod:`canlib.engine.certify`) does not count as changed.
+
     ``current``: the checkout's ``(code_fingerprint(), module_fingerprints())``, when the
     caller checks many runs (computed here otherwise).
     """
@@ -149,10 +159,18 @@ def freshness(run_dir: str | Path, current: tuple[str, dict[str, str]] | None = 
         record = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         return "unknown"
+    inputs = [f"{key} (file changed)" for key in changed_inputs(record, _saved_config(Path(run_dir)))]
     if record.get("code_fingerprint") == fingerprint:
-        return ""
+        return ", ".join(inputs)
     changed = changed_modules(record, modules)
-    return "unknown" if changed is None else ", ".join(changed)
+    return "unknown" if changed is None else ", ".join(changed + inputs)
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
 
 
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -162,7 +180,7 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
 
     results_dir = Path(results_dir)
     frame = pd.read_csv(results_dir / "runs.csv", dtype={"run": str})
-    records = frame.to_dict("records")
+    records = [{str(k): v for k, v in rec.items()} for rec in frame.to_dict("records")]  # the CSV's column names
     current = (code_fingerprint(), module_fingerprints())
     for rec in records:
         rec["changed"] = freshness(results_dir / rec["run"], current)
@@ -194,13 +212,11 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
 
-def _is_stale(run_dir: Path, fingerprint: str) -> bool:
+def _is_stale(run_dir: Path, current: tuple[str, dict[str, str]]) -> bool:
     """A working folder left by other training code (resuming it would mix two codes)."""
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    if not (run_dir / "run.json").is_file():
         return False  # nothing recorded yet: an interrupted start, safe to resume
-    return record.get("code_fingerprint") != fingerprint
+    return freshness(run_dir, current) != ""
 
 
 def run_grid(
@@ -227,20 +243,20 @@ def run_grid(
     """
     rows = list(rows if rows is not None else ablation_rows())
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
-    fingerprint = code_fingerprint()
+    current = (code_fingerprint(), module_fingerprints())
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
     todo = {
         key: cfg
         for key, cfg in plan.items()
-        if force or recorded_run(results_dir, cfg, None if any_code else fingerprint) is None
+        if force or recorded_run(results_dir, cfg, None if any_code else current) is None
     }
     log.info("ablation grid: %d runs, %d distinct, %d to train", len(rows) * len(seeds), len(plan), len(todo))
 
     def work(item: tuple[str, dict[str, Any]]) -> None:
         key, cfg = item
         run_dir = runs_dir / key
-        if run_dir.exists() and (force or (_is_stale(run_dir, fingerprint) and not any_code)):
+        if run_dir.exists() and (force or (_is_stale(run_dir, current) and not any_code)):
             shutil.rmtree(run_dir)
         _train_subprocess(cfg, run_dir, device, threads)
         dest = results_dir / key

@@ -9,13 +9,15 @@ import logging
 import os
 import pickle
 import shlex
-from typing import Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from canlib.config import ConfigError, load_config
 from canlib.engine.checkpoint import CHECKPOINT
 
-log = logging.getLogger("canlib")
+# A child of the package logger "canlib": `python -m canlib` sets up the handlers (logging.basicConfig in
+# canlib/__main__.py) and torchrun ranks other than 0 quiet "canlib" to warnings (canlib/engine/distributed.py).
+log = logging.getLogger(__name__)
 
 #: Exit codes: 0 success, 2 bad input (config, data, files, arguments), 3 training diverged,
 #: 130 interrupted (Ctrl-C; the shells' 128 + SIGINT).

@@ -23,9 +23,10 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from canlib.analysis import summarize
 from canlib.engine.ablation import Row, run_grid

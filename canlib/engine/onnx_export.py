@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -122,6 +123,8 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
+        if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+            raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
         for key, value in (metadata or {}).items():
             program.model.metadata_props[key] = str(value)
         program.save(tmp)

@@ -34,7 +34,8 @@ def trunk_state_dict(model: CAN, branch: str = "part1") -> dict[str, torch.Tenso
     if branch not in model.branches:
         raise ValueError(f"the model has no branch {branch!r}; it has {sorted(model.branches)}")
     state = {f"{k}": v for k, v in model.stem.state_dict().items()}
-    state.update({f"layer4.{k}": v for k, v in model.branches[branch].layer4.state_dict().items()})
+    layer4 = model.branches[branch].get_submodule("layer4")
+    state.update({f"layer4.{k}": v for k, v in layer4.state_dict().items()})
     return {k: v.detach().clone().float() if v.is_floating_point() else v.clone() for k, v in state.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -72,8 +73,9 @@ TRAINING_SOURCES: tuple[str, ...] = (
 )
 
 
-def training_source_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
-    """The files :func:`code_fingerprint` hashes, in a fixed order."""
+def training_source_files(package_dir: Path = PACKAGE_DIR, missing_ok: bool = False) -> list[Path]:
+    """The files :func:`code_fingerprint` hashes, in a fixed order (``missing_ok``: skip listed
+    sources that do not exist, e.g. in an older version of the package)."""
     files: set[Path] = set()
     for entry in TRAINING_SOURCES:
         path = package_dir / entry
@@ -81,7 +83,7 @@ def training_source_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
             files.update(path.rglob("*.py"))
         elif path.is_file():
             files.add(path)
-        else:
+        elif not missing_ok:
             raise FileNotFoundError(f"code_fingerprint: {path} is listed in TRAINING_SOURCES but does not exist")
     return sorted(files)
 
@@ -105,14 +107,14 @@ def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
     return _fingerprint_sources({p.relative_to(package_dir).as_posix(): p.read_text() for p in files})
 
 
-def module_fingerprints(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+def module_fingerprints(package_dir: Path = PACKAGE_DIR, missing_ok: bool = False) -> dict[str, str]:
     """One fingerprint per training source file (``{"model.py": "1a2b...", ...}``).
 
     Recorded in every ``run.json`` so that a stale run can say *which* modules changed.
     """
     return {
         p.relative_to(package_dir).as_posix(): _fingerprint_sources({"": p.read_text()})
-        for p in training_source_files(package_dir)
+        for p in training_source_files(package_dir, missing_ok)
     }
 
 
@@ -152,19 +154,85 @@ def module_fingerprints_at(commit: str, repo: Path = REPO_DIR) -> dict[str, str]
     return result
 
 
-def changed_modules(record: dict[str, Any], current: dict[str, str] | None = None) -> list[str] | None:
+#: Certified behaviour-preserving code changes (written by ``python -m canlib certify``).
+EQUIVALENCES = REPO_DIR / "results" / "equivalences.json"
+
+
+def load_equivalences(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The certified equivalences: ``{"module", "from", "to", "why", "evidence"}`` entries, each
+    saying that two fingerprints of one training module train bit-for-bit the same (see
+    :mod:`canlib.engine.certify`). An absent file means none."""
+    path = Path(EQUIVALENCES if path is None else path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable equivalences file ({err})") from err
+    return list(data.get("equivalences", []))
+
+
+def equivalent(module: str, a: str | None, b: str | None, equivalences: list[dict[str, Any]]) -> bool:
+    """Whether fingerprints ``a`` and ``b`` of ``module`` are equal or joined by certified steps."""
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    edges: dict[str, set[str]] = {}
+    for e in equivalences:
+        if e.get("module") == module:
+            edges.setdefault(e["from"], set()).add(e["to"])
+            edges.setdefault(e["to"], set()).add(e["from"])
+    seen, frontier = {a}, [a]
+    while frontier:
+        for nxt in edges.get(frontier.pop(), ()):
+            if nxt == b:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return False
+
+
+def recorded_modules(record: dict[str, Any]) -> dict[str, str] | None:
+    """The per-module fingerprints of the code a run was trained with, as far as they are known.
+
+    The run's own ``code_modules``; modules it did not record (the list of training sources grew
+    since) are read from its git commit when the run was made from a clean checkout. Runs from
+    before per-module fingerprints are read from git entirely. None when nothing is known.
+    """
+    git = record.get("git") or {}
+    commit = git.get("commit")
+    then = record.get("code_modules")
+    if then is None:
+        return module_fingerprints_at(commit) if commit else None
+    if commit and git.get("dirty") is False:
+        at_commit = module_fingerprints_at(commit) or {}
+        then = {**{k: v for k, v in at_commit.items() if k not in then}, **then}
+    return dict(then)
+
+
+def changed_modules(
+    record: dict[str, Any],
+    current: dict[str, str] | None = None,
+    equivalences: list[dict[str, Any]] | None = None,
+) -> list[str] | None:
     """The training modules whose code differs between a recorded run and the checkout.
 
-    Uses the run's own ``code_modules`` when it has them, else the code at its git commit;
-    ``None`` when neither is available (e.g. a shallow clone without that commit).
+    A module counts as unchanged when its two fingerprints are equal or certified equivalent
+    (:func:`equivalent`, ``results/equivalences.json``). ``None`` when the run's code cannot be
+    known (no fingerprints and no git commit, e.g. a shallow clone without that commit).
     """
     current = module_fingerprints() if current is None else current
-    then = record.get("code_modules")
-    if then is None and record.get("git", {}).get("commit"):
-        then = module_fingerprints_at(record["git"]["commit"])
+    equivalences = load_equivalences() if equivalences is None else equivalences
+    then = recorded_modules(record)
     if then is None:
         return None
-    return sorted(name for name in set(then) | set(current) if then.get(name) != current.get(name))
+    return sorted(
+        name
+        for name in set(then) | set(current)
+        if not equivalent(name, then.get(name), current.get(name), equivalences)
+    )
 
 
 def _cpu_model() -> str:
@@ -220,6 +288,33 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_files(cfg: dict[str, Any]) -> dict[str, str]:
+    """``{config key: sha256}`` of the files a run reads besides its data set (the pre-trained
+    weights): a run whose weights file has since changed is not current."""
+    value = (cfg.get("model") or {}).get("pretrained")
+    if not isinstance(value, str) or value == "imagenet":
+        return {}
+    for path in (Path(value), REPO_DIR / value):  # as build.resolve_pretrained reads it
+        if path.is_file():
+            return {"model.pretrained": file_sha256(path)}
+    return {}
+
+
+def changed_inputs(record: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """The recorded input files whose bytes differ now (runs recorded without hashes: none)."""
+    now = input_files(cfg)
+    return sorted(k for k, v in (record.get("inputs") or {}).items() if now.get(k) != v)
+
+
 def run_record(cfg: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
     """Everything needed to say where a number came from."""
     return {
@@ -229,6 +324,7 @@ def run_record(cfg: dict[str, Any], device: torch.device | str | None = None) ->
         "git": git_commit(),
         "code_fingerprint": code_fingerprint(),
         "code_modules": module_fingerprints(),
+        "inputs": input_files(cfg),
         "versions": library_versions(),
         "machine": machine_info(device),
     }

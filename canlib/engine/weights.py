@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The resolved configuration a run folder recorded (``config.yaml``), validated.
 
     Raises ``FileNotFoundError`` naming the folder when it is missing or not a run folder.

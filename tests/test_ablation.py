@@ -76,7 +76,8 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     # A run recorded by different code is not reused.
     run_json = recorded / "run.json"
     record = json.loads(run_json.read_text())
-    run_json.write_text(json.dumps({**record, "code_fingerprint": "000000000000"}))
+    other_code = {"code_fingerprint": "000000000000", "code_modules": {**record["code_modules"], "model.py": "0" * 12}}
+    run_json.write_text(json.dumps({**record, **other_code}))
     run_grid(**kwargs)
     assert len(calls) == 2
     # ... and its working folder, when trained by other code, is discarded rather than resumed.
@@ -84,7 +85,7 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     assert "resumed from" in train_log.read_text()  # same code: the finished checkpoint is reused
     for folder in (recorded, tmp_path / "runs" / records[0]["run"]):
         run_json = folder / "run.json"
-        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "code_fingerprint": "000000000000"}))
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **other_code}))
     assert run_grid(**kwargs) == records and len(calls) == 3
     assert "resumed from" not in train_log.read_text()
 

@@ -140,7 +140,7 @@ def test_certify_digests_change_with_any_bit_and_name_what_differs() -> None:
 
     import torch
 
-    from canlib.engine.certify import compare, digest
+    from canlib.engine.certify import compare_outputs, digest
 
     t = torch.zeros(3)
     u = t.clone()
@@ -149,8 +149,8 @@ def test_certify_digests_change_with_any_bit_and_name_what_differs() -> None:
     assert digest({"w": t}) != digest({"w": u})
     assert digest([0.1]) != digest([math.nextafter(0.1, 1.0)])
     old = {"row": {"log": "1", "checkpoint.model": "2"}}
-    assert compare(old, {"row": {"log": "1", "checkpoint.model": "2"}}) == []
-    assert compare(old, {"row": {"log": "1", "checkpoint.model": "3"}}) == ["row: checkpoint.model"]
+    assert compare_outputs(old, {"row": {"log": "1", "checkpoint.model": "2"}}) == []
+    assert compare_outputs(old, {"row": {"log": "1", "checkpoint.model": "3"}}) == ["row: checkpoint.model"]
 
 
 def test_certify_names_changed_modules_including_added_ones(package: Path, tmp_path: Path) -> None:

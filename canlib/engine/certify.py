@@ -216,7 +216,7 @@ def _replay(code_root: Path, cfg: dict[str, Any], work: Path) -> dict[str, str]:
     return run_outputs(work / "run")
 
 
-def compare(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> list[str]:
+def compare_outputs(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> list[str]:
     """What differs between the two codes' outputs (empty when every digest is equal)."""
     problems = []
     for name in sorted(set(old) | set(new)):
@@ -306,7 +306,7 @@ def certify(
     if not configs:
         raise ValueError(f"certify: no configuration name contains any of {list(only)}")
     outputs = _replay_all(sides, configs, work, jobs)
-    problems = compare(outputs["old"], outputs["new"])
+    problems = compare_outputs(outputs["old"], outputs["new"])
     if problems:
         raise CertificationError("outputs differ:\n  " + "\n  ".join(problems))
     if only:  # a partial replay is a quick check, never a certificate

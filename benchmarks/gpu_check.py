@@ -186,7 +186,7 @@ def measure_trainer(
             f"train.compile={str(compiled).lower()}",
         ],
     )
-    trainer = Trainer(cfg, out, device=str(device))
+    trainer = Trainer.from_config(cfg, out, device=str(device))
     start = time.perf_counter()
     trainer.train_loader.build_cache()
     cache_s = time.perf_counter() - start

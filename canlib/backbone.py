@@ -23,8 +23,9 @@ import math
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 __all__ = ["TORCHVISION_RESNETS", "Backbone", "build_backbone", "load_resnet_state_dict"]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: torchvision builders and weight enums, by name.
 TORCHVISION_RESNETS: dict[str, tuple[Callable[..., nn.Module], Any]] = {
@@ -123,7 +124,7 @@ def load_resnet_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
             f"shape mismatches [{show(wrong_shape)}]. Is it a state dict of the same ResNet depth?"
         )
     net.load_state_dict(state, strict=False)
-    _logger.info("loaded %d backbone tensors from %s", len(state), path)
+    log.info("loaded %d backbone tensors from %s", len(state), path)
 
 
 def _offline_error(name: str, source: str, exc: BaseException | None = None) -> RuntimeError:
@@ -173,7 +174,7 @@ def _torchvision_imagenet(net: nn.Module, name: str, weights_enum: Any) -> None:
         except Exception as exc:  # URLError, timeouts, partial files: all mean "no weights"
             raise _offline_error(name, weights.url, exc) from exc
     net.load_state_dict(state)
-    _logger.info("loaded torchvision ImageNet weights %s", weights)
+    log.info("loaded torchvision ImageNet weights %s", weights)
 
 
 def _timm_imagenet(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -190,7 +191,8 @@ def _timm_imagenet(model_name: str, kwargs: dict[str, Any]) -> nn.Module:
             if isinstance(cached, str):
                 overlay = {"file": cached}
                 return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    source = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or "")
+    url = cfg.url if isinstance(cfg.url, str) else ""  # timm also allows a (url, file) pair; no ResNet uses it
+    source = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else url
     if source and not _reachable(source):
         raise _offline_error(_TIMM_PREFIX + model_name, source)
     try:
@@ -239,12 +241,12 @@ def _probe(stem: nn.Module, layer4: nn.Module, in_chans: int, size: int = 64) ->
 
 def _split(net: nn.Module, name: str, last_stride: int, layer3_stride: int = 2) -> Backbone:
     """Cut a torchvision/timm ResNet into :class:`Backbone` and fix layer 4's (and layer 3's) stride."""
-    relu = net.relu if hasattr(net, "relu") else net.act1  # torchvision / timm naming
-    parts = [net.conv1, net.bn1, relu, net.maxpool, net.layer1, net.layer2, net.layer3]
-    stem = nn.Sequential(OrderedDict(zip(_STEM_NAMES, parts)))
-    layer4 = net.layer4
+    relu = "relu" if hasattr(net, "relu") else "act1"  # torchvision / timm naming
+    parts = [net.get_submodule(n) for n in ("conv1", "bn1", relu, "maxpool", "layer1", "layer2", "layer3")]
+    stem = nn.Sequential(OrderedDict(zip(_STEM_NAMES, parts, strict=True)))
+    layer4 = net.get_submodule("layer4")
     _set_last_stride(layer4, last_stride)
-    _set_last_stride(net.layer3, layer3_stride)
+    _set_last_stride(net.get_submodule("layer3"), layer3_stride)
     first_conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     size = 64
     h3, h4, out_channels = _probe(stem, layer4, first_conv.in_channels, size)
@@ -297,7 +299,6 @@ def build_backbone(
     """
     if last_stride not in (1, 2) or layer3_stride not in (1, 2):
         raise ValueError(f"last_stride and layer3_stride must be 1 or 2, got {last_stride!r}, {layer3_stride!r}")
-    is_path = pretrained is not None and pretrained != "imagenet"
     if name.startswith(_TIMM_PREFIX):
         import timm
 
@@ -315,10 +316,8 @@ def build_backbone(
             _torchvision_imagenet(net, name, weights_enum)
     else:
         raise ValueError(f"unknown backbone {name!r}; use one of {sorted(TORCHVISION_RESNETS)} or 'timm:<model name>'")
-    if is_path:
+    if pretrained is not None and pretrained != "imagenet":  # a path
         load_resnet_state_dict(net, pretrained)
     backbone = _split(net, name, last_stride, layer3_stride)
-    _logger.debug(
-        "built backbone %s: %d channels, output stride %d", name, backbone.out_channels, backbone.output_stride
-    )
+    log.debug("built backbone %s: %d channels, output stride %d", name, backbone.out_channels, backbone.output_stride)
     return backbone

@@ -1,8 +1,11 @@
 """Configuration: the schema, the YAML profiles in ``configs/`` and ``key=value`` overrides.
 
-Configuration stays at the edges: only the builders in :mod:`canlib.engine.build` read
-these dictionaries; every module takes plain arguments. Each key the paper leaves open
-has a documented default here (see ``DEFAULTS``) and in the book.
+Configuration stays at the edges: :func:`load_config` resolves a profile into a plain
+dictionary (what a run writes to ``config.yaml`` and what :func:`config_hash` hashes), and
+typed, frozen sections are read from that dictionary (:class:`RunSections`, one dataclass per
+section: :class:`DataSection`, :class:`ModelSection`, ...) for the builders in
+:mod:`canlib.engine.build` and the trainer; every module below them takes plain arguments.
+Each key the paper leaves open has a documented default here (see ``DEFAULTS``) and in the book.
 
 A profile file may name another with ``base: other.yaml`` (resolved relative to the
 file); the child's keys are merged over the base's, recursively.
@@ -10,12 +13,15 @@ file); the child's keys are merged over the base's, recursively.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -165,7 +171,7 @@ def _read_profile(path: Path, seen: tuple[Path, ...] = (), named_by: Path | None
     base_name = raw.pop("base", None)
     if base_name is None:
         return raw
-    base = _read_profile(path.parent / str(base_name), seen + (path,), named_by=path)
+    base = _read_profile(path.parent / str(base_name), (*seen, path), named_by=path)
     return _deep_update(base, raw)
 
 
@@ -193,10 +199,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({_yaml_problem(exc)})") from None
     # YAML 1.1 reads "3e-4" as a string; accept it as a float as a user would expect.
     if isinstance(parsed, str):
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(parsed)
-        except ValueError:
-            pass
     return keys, parsed
 
 
@@ -227,8 +231,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 #: Keys whose value may be anything of its kind (passed through to a constructor).
 _FREE_KEYS = ("model.backbone_kwargs", "data.options")
-#: Keys checked by :func:`_list_problems` rather than by their default's type.
-_LIST_KEYS = ("model.parts", "optim.betas", "optim.milestones")
 #: Keys that may be null although their default is not.
 _NULLABLE_KEYS = ("model.pretrained",)
 _POSITIVE = (lambda v: v > 0, "> 0")
@@ -272,7 +274,8 @@ def allowed_values() -> dict[str, tuple[Any, ...]]:
     """The values of each choice key, read from the modules that define them."""
     from canlib.data.cache import CACHE_MODES
     from canlib.data.datasets import DATASETS, dataset_names
-    from canlib.engine.trainer import AMP_MODES
+    from canlib.data.sampler import EPOCH_MODES
+    from canlib.engine.trainer import AMP_MODES, CHANNELS_LAST_MODES
     from canlib.losses import CLUSTERING_FEATURES, CLUSTERING_INPUTS, FEATURE_REDUCTIONS
     from canlib.metrics import AP_VARIANTS, METRICS
     from canlib.model import DESCRIPTOR_NORMS, EMBED_BN_MODES
@@ -281,7 +284,7 @@ def allowed_values() -> dict[str, tuple[Any, ...]]:
     del DATASETS  # the names include the aliases: dataset_names()
     return {
         "data.dataset": dataset_names(),
-        "data.epoch": ("ids", "images"),  # PKSampler's two epochs
+        "data.epoch": EPOCH_MODES,
         "data.cache": CACHE_MODES,
         "model.pooling": POOLING_MODES,
         "model.descriptor_norm": DESCRIPTOR_NORMS,
@@ -292,7 +295,7 @@ def allowed_values() -> dict[str, tuple[Any, ...]]:
         "eval.metric": METRICS,
         "eval.ap": AP_VARIANTS,
         "train.amp": AMP_MODES,
-        "train.channels_last": ("auto", True, False),
+        "train.channels_last": CHANNELS_LAST_MODES,
     }
 
 
@@ -359,20 +362,16 @@ def _coerce_numbers(cfg: dict[str, Any], defaults: Mapping[str, Any]) -> None:
         if isinstance(default, dict) and isinstance(value, dict):
             _coerce_numbers(value, default)
         elif isinstance(default, float) and isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 cfg[key] = float(value)
-            except ValueError:
-                pass
         elif isinstance(default, list) and default and isinstance(default[0], float) and isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, str):
-                    try:
+                    with contextlib.suppress(ValueError):
                         value[i] = float(item)
-                    except ValueError:
-                        pass
 
 
-def _leaves(cfg: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = ""):
+def _leaves(cfg: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     for key, default in defaults.items():
         dotted = f"{prefix}{key}"
         if isinstance(default, dict) and dotted not in _FREE_KEYS:
@@ -382,26 +381,60 @@ def _leaves(cfg: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = "
             yield dotted, cfg[key], default
 
 
-def _list_problems(cfg: Mapping[str, Any]) -> list[str]:
-    """Checks of list-valued keys beyond their element type."""
-    problems = []
-    parts = cfg["model"]["parts"]
+def _parts_problem(parts: Any) -> str | None:
     if (
         not isinstance(parts, list)
         or not parts
         or len(set(map(str, parts))) != len(parts)
         or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in parts)
     ):
-        problems.append(f"model.parts must be a list of distinct positive integers such as [1, 3, 5, 7]; got {parts!r}")
-    betas = cfg["optim"]["betas"]
+        return f"model.parts must be a list of distinct positive integers such as [1, 3, 5, 7]; got {parts!r}"
+    return None
+
+
+def _betas_problem(betas: Any) -> str | None:
     if not isinstance(betas, list) or (len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas)):
-        problems.append(f"optim.betas must be two numbers in [0, 1); got {betas!r}")
-    milestones = cfg["optim"]["milestones"]
+        return f"optim.betas must be two numbers in [0, 1); got {betas!r}"
+    return None
+
+
+def _milestones_problem(milestones: Any) -> str | None:
     if not isinstance(milestones, list) or any(
         not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in milestones
     ):
-        problems.append(f"optim.milestones must be a list of positive integers (epochs); got {milestones!r}")
+        return f"optim.milestones must be a list of positive integers (epochs); got {milestones!r}"
+    return None
+
+
+#: Checks of list-valued keys beyond their element type (these keys skip the check by their default's type).
+_LIST_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "model.parts": _parts_problem,
+    "optim.betas": _betas_problem,
+    "optim.milestones": _milestones_problem,
+}
+
+
+def _problems(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """Every problem of ``cfg`` against the schema ``defaults`` (all of ``DEFAULTS`` or some of its sections)."""
+    choices = allowed_values()
+    problems = [
+        p
+        for key, value, default in _leaves(cfg, defaults)
+        if key not in _LIST_CHECKS and (p := _check_value(key, value, default, choices)) is not None
+    ]
+    for key, check in _LIST_CHECKS.items():
+        section, name = key.split(".")
+        if section in defaults and (p := check(cfg[section][name])) is not None:
+            problems.append(p)
     return problems
+
+
+def _raise_problems(problems: list[str]) -> None:
+    """One :class:`ConfigError` naming every problem (nothing when there is none)."""
+    if len(problems) == 1:
+        raise ConfigError(f"configuration: {problems[0]}")
+    if problems:
+        raise ConfigError(f"configuration: {len(problems)} problems: " + "; ".join(problems))
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -411,17 +444,7 @@ def validate(cfg: dict[str, Any]) -> None:
     written as ``1e-4`` (text to YAML 1.1) are turned into floats first.
     """
     _coerce_numbers(cfg, DEFAULTS)
-    choices = allowed_values()
-    problems = [
-        p
-        for key, value, default in _leaves(cfg, DEFAULTS)
-        if key not in _LIST_KEYS and (p := _check_value(key, value, default, choices)) is not None
-    ]
-    problems += _list_problems(cfg)
-    if len(problems) == 1:
-        raise ConfigError(f"configuration: {problems[0]}")
-    if problems:
-        raise ConfigError(f"configuration: {len(problems)} problems: " + "; ".join(problems))
+    _raise_problems(_problems(cfg, DEFAULTS))
 
 
 def config_hash(
@@ -473,3 +496,233 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------- typed sections
+_S = TypeVar("_S", bound="Section")
+
+
+def _typed(value: Any, default: Any) -> Any:
+    """A configuration value as its section field holds it: floats where the default is a float (an
+    integer such as ``ce_weight: 1`` becomes ``1.0``), tuples for lists, a copy of a free mapping.
+    Anything else, and any value of the wrong kind (left for the check to name), is kept as it is."""
+    if isinstance(default, bool):
+        return value
+    if isinstance(default, float):
+        return float(value) if _is_number(value) else value
+    if isinstance(default, list) and isinstance(value, list):
+        element = default[0] if default else None
+        if isinstance(element, float):
+            return tuple(float(v) if _is_number(v) else v for v in value)
+        return tuple(value)
+    if isinstance(default, dict) and isinstance(value, Mapping):
+        return copy.deepcopy(dict(value))
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A field value as the configuration dictionary spells it (tuples become lists)."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class Section:
+    """What every section shares: reading it from a configuration dictionary, and the checks.
+
+    A section's fields are its keys in ``DEFAULTS`` (same names, same order), which are the
+    arguments of the constructors it feeds. Constructing one checks every value exactly as
+    :func:`validate` does (the same messages: types from ``DEFAULTS``, choices from the modules'
+    constants through :func:`allowed_values`, ranges), so a section never holds a value that
+    :func:`load_config` would refuse.
+    """
+
+    #: The section's key in the configuration (``"model"`` for ``cfg["model"]``).
+    KEY: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        _raise_problems(_problems({self.KEY: self.as_config()}, {self.KEY: DEFAULTS[self.KEY]}))
+
+    def as_config(self) -> dict[str, Any]:
+        """The section as the configuration dictionary holds it (``cfg[KEY]``, tuples as lists)."""
+        return {key: _plain(getattr(self, key)) for key in DEFAULTS[self.KEY]}
+
+    @classmethod
+    def from_config(cls: type[_S], cfg: Mapping[str, Any]) -> _S:
+        """The section of a configuration dictionary (a whole one, as :func:`load_config` returns).
+
+        Keys the dictionary lacks take their default (a run recorded before they existed); an
+        unknown key or a bad value is a :class:`ConfigError` naming it. The dictionary is not changed.
+        """
+        given = cfg.get(cls.KEY)
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"'{cls.KEY}' must be a mapping, got {given!r}")
+        defaults = DEFAULTS[cls.KEY]
+        values = _merge(defaults, given, cls.KEY + ".")
+        _coerce_numbers(values, defaults)
+        return cls(**{key: _typed(values[key], defaults[key]) for key in defaults})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(Section):
+    """``data``: :func:`canlib.data.load_dataset` (``dataset``, ``root``, ``options``), the loaders of
+    :func:`canlib.data.build_train_loader` and :func:`canlib.data.build_test_loaders` (size, P x K,
+    ``epoch``, workers, augmentation, ``test_batch_size``), :func:`canlib.data.split.hold_out_validation`
+    (``val_ids``, ``val_seed``), the trainer's image check (``verify_images``) and the training image
+    cache (``cache``, :data:`canlib.data.cache.CACHE_MODES`)."""
+
+    KEY: ClassVar[str] = "data"
+    dataset: str
+    root: str | None
+    options: dict[str, Any]
+    height: int
+    width: int
+    p: int
+    k: int
+    epoch: str
+    num_workers: int
+    flip: bool
+    pad: int
+    random_erasing: float
+    normalize: bool
+    val_ids: int
+    val_seed: int
+    test_batch_size: int
+    verify_images: bool
+    cache: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(Section):
+    """``model``: the arguments of :class:`canlib.model.CAN` (but ``num_classes``, the data's)."""
+
+    KEY: ClassVar[str] = "model"
+    backbone: str
+    backbone_kwargs: dict[str, Any]
+    pretrained: str | None
+    parts: tuple[int, ...]
+    collaborative: bool
+    embed_dim: int
+    pooling: str
+    embed_bn: str | bool
+    descriptor_norm: str
+    last_stride: int
+    layer3_stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSection(Section):
+    """``loss``: the weights and choices of :class:`canlib.losses.CANLoss` (its sizes come from the model)."""
+
+    KEY: ClassVar[str] = "loss"
+    ce_weight: float
+    ce_scale: float
+    label_smoothing: float
+    triplet_weight: float
+    triplet_margin: float
+    triplet_squared: bool
+    center_weight: float
+    center_squared: bool
+    clustering_features: str
+    feature_reduction: str
+    clustering_input: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection(Section):
+    """``optim``: Adam (``lr``, ``betas``, ``eps``, ``weight_decay``), the step schedule
+    (``milestones``, ``gamma``), the run's length (``epochs``) and the centres' SGD (``center_lr``)."""
+
+    KEY: ClassVar[str] = "optim"
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    milestones: tuple[int, ...]
+    gamma: float
+    epochs: int
+    center_lr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection(Section):
+    """``train``: how the trainer runs (precision, memory format, checkpoints, evaluations, DDP)."""
+
+    KEY: ClassVar[str] = "train"
+    amp: str | bool | None
+    channels_last: str | bool
+    deterministic: bool
+    eval_every: int
+    checkpoint_every: int
+    progress: bool
+    max_batches_per_epoch: float | None  # a number > 0: its integer part caps the batches of an epoch
+    compile: bool
+    sync_bn: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection(Section):
+    """``eval``: the arguments of :func:`canlib.engine.evaluate.evaluate_model` that a configuration sets."""
+
+    KEY: ClassVar[str] = "eval"
+    metric: str
+    ap: str
+    max_rank: int
+    flip_tta: bool
+    rerank: bool
+    chunk_size: int
+
+
+#: The section classes, in the order of ``DEFAULTS``.
+SECTIONS: tuple[type[Section], ...] = (DataSection, ModelSection, LossSection, OptimSection, TrainSection, EvalSection)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSections:
+    """Everything a training run reads, typed: the top-level keys and one frozen section each.
+
+    ``config`` is the resolved dictionary the sections were read from, unchanged (a copy): a run
+    writes it to ``config.yaml``, hashes it (:func:`config_hash`) and records it, so typing the
+    sections changes no file and no hash.
+    """
+
+    profile: str
+    seed: int
+    data: DataSection
+    model: ModelSection
+    loss: LossSection
+    optim: OptimSection
+    train: TrainSection
+    eval: EvalSection
+    config: Mapping[str, Any] = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> RunSections:
+        """The sections of a configuration dictionary (see :meth:`Section.from_config`)."""
+        top = {key: cfg.get(key, DEFAULTS[key]) for key in ("profile", "seed")}
+        _raise_problems(_problems(top, {key: DEFAULTS[key] for key in top}))
+        return cls(
+            profile=top["profile"],
+            seed=top["seed"],
+            data=DataSection.from_config(cfg),
+            model=ModelSection.from_config(cfg),
+            loss=LossSection.from_config(cfg),
+            optim=OptimSection.from_config(cfg),
+            train=TrainSection.from_config(cfg),
+            eval=EvalSection.from_config(cfg),
+            config=copy.deepcopy(dict(cfg)),
+        )
+
+
+def sections(cfg: Mapping[str, Any]) -> RunSections:
+    """``RunSections.from_config(cfg)``: every section of a configuration dictionary, typed."""
+    return RunSections.from_config(cfg)
+
+
+def section(cfg: Mapping[str, Any], kind: type[_S]) -> _S:
+    """One typed section of a configuration dictionary: ``section(cfg, ModelSection).parts``."""
+    return kind.from_config(cfg)

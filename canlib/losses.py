@@ -13,7 +13,8 @@ features it sees (``feature_reduction="mean"``).
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +278,9 @@ class CANLoss(nn.Module):
     with ``terms`` = {"ce", "triplet", "center", "total"}: the UNWEIGHTED term values and
     the weighted total, as detached floats (0.0 for a disabled term).
     """
+
+    #: The features the clustering losses see (a buffer, not saved: it follows from the arguments).
+    clustering_index: torch.Tensor
 
     def __init__(
         self,

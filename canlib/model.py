@@ -20,8 +20,8 @@ import copy
 import logging
 import math
 import os
-from collections import OrderedDict
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,18 +33,18 @@ from canlib.pooling import POOLING_MODES, ConcatPool
 
 __all__ = [
     "CAN",
+    "DESCRIPTOR_NORMS",
+    "EMBED_BN_MODES",
     "CANBranch",
     "CANOutput",
     "CosineClassifier",
-    "DESCRIPTOR_NORMS",
-    "EMBED_BN_MODES",
     "EmbeddingNeck",
     "build_embedding",
     "can_resnet50",
     "count_features",
 ]
 
-_logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: How :meth:`CAN.descriptor` builds the test descriptor.
 DESCRIPTOR_NORMS = ("none", "per_feature")
@@ -135,13 +135,13 @@ class EmbeddingNeck(nn.Module):
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """Pooled ``(B, C_in, F, 1)`` -> ``(pre_bn, post_bn)``, each ``(B, F, embed_dim)``."""
         z = self.conv(pooled)  # (B, D, F, 1)
-        if self.mode == "shared":
+        if self.bn is None:  # mode "none"
+            post = z
+        elif self.mode == "shared":
             post = self.bn(z)
-        elif self.mode == "per_feature":
+        else:  # "per_feature"
             b, d, f, _ = z.shape
             post = self.bn(z.reshape(b, d * f)).reshape(b, d, f, 1)  # channel d*f + i: feature i's BN
-        else:
-            post = z
         return z.flatten(2).transpose(1, 2), post.flatten(2).transpose(1, 2)
 
 
@@ -267,15 +267,21 @@ class CAN(nn.Module):
         self.output_stride = base.output_stride
         self.in_channels = 2 * base.out_channels
         # Section 3.2.2: layer 4 is not shared; every copy starts from the same weights.
-        self.branches = nn.ModuleDict(
-            {f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling) for n in parts}
-        )
-        self.feature_names = [f"{name}.{s}" for name, b in self.branches.items() for s in b.feature_suffixes]
+        branches = {f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling) for n in parts}
+        self.branches = nn.ModuleDict(branches)
+        self.feature_names = [f"{name}.{s}" for name, b in branches.items() for s in b.feature_suffixes]
         self.embedding = EmbeddingNeck(self.in_channels, embed_dim, len(self.feature_names), embed_bn)
         self.global_indices = [i for i, n in enumerate(self.feature_names) if n.endswith(".global")]
         self.local_indices = [i for i, n in enumerate(self.feature_names) if not n.endswith(".global")]
         self.classifiers = nn.ModuleList(CosineClassifier(embed_dim, num_classes) for _ in self.feature_names)
-        _logger.debug("CAN %s (CA=%s): %d features %s", parts, collaborative, self.num_features, self.feature_names)
+        log.debug("CAN %s (CA=%s): %d features %s", parts, collaborative, self.num_features, self.feature_names)
+
+    def named_branches(self) -> Iterator[tuple[str, CANBranch]]:
+        """``("part1", branch), ("part3", branch), ...``: the branches in feature order."""
+        for name, branch in self.branches.items():
+            if not isinstance(branch, CANBranch):
+                raise TypeError(f"CAN.branches[{name!r}] is a {type(branch).__name__}, not a CANBranch")
+            yield name, branch
 
     @property
     def num_features(self) -> int:
@@ -308,7 +314,7 @@ class CAN(nn.Module):
         # (and before batch norm updates its statistics), then again on the real map.
         self._check_map_height(x.shape[-2], math.ceil(x.shape[-2] / self.output_stride))
         shared = self.stem(x)
-        maps = {name: branch.forward_map(shared) for name, branch in self.branches.items()}
+        maps = {name: branch.forward_map(shared) for name, branch in self.named_branches()}
         self._check_map_height(x.shape[-2], next(iter(maps.values())).shape[-2])
         return maps
 
@@ -317,7 +323,7 @@ class CAN(nn.Module):
         maps = self.feature_maps(x)
         # (B, 2C, F, 1): every pooled feature of every branch, so that the shared
         # 1x1 convolution embeds all F of them in one call.
-        pooled = torch.cat([branch.pool(maps[name]) for name, branch in self.branches.items()], dim=2)
+        pooled = torch.cat([branch.pool(maps[name]) for name, branch in self.named_branches()], dim=2)
         return self.embedding(pooled)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -346,8 +352,13 @@ def can_resnet50(num_classes: int, pretrained: str | os.PathLike | None = None, 
     """The paper's model: ResNet50 with a stride-1 layer 4, Part-1,3,5,7 with collaborative
     attention, the 256-d shared embedding (16 features). ``kwargs`` override any :class:`CAN`
     argument, e.g. ``parts=(1, 2, 3), collaborative=False`` for Table 2's MGN-like row."""
-    args: dict[str, Any] = dict(
-        parts=(1, 3, 5, 7), collaborative=True, backbone="resnet50", last_stride=1, embed_dim=256, pooling="paper"
-    )
+    args: dict[str, Any] = {
+        "parts": (1, 3, 5, 7),
+        "collaborative": True,
+        "backbone": "resnet50",
+        "last_stride": 1,
+        "embed_dim": 256,
+        "pooling": "paper",
+    }
     args.update(kwargs)
     return CAN(num_classes, pretrained=pretrained, **args)

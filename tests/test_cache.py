@@ -113,6 +113,6 @@ def test_trainer_with_the_cache_trains_on_the_same_batches(tiny_data, tmp_path):
                 "data.verify_images=false",
             ],
         )
-        trainer = Trainer(cfg, tmp_path / mode, device="cpu")
+        trainer = Trainer.from_config(cfg, tmp_path / mode, device="cpu")
         losses[mode] = trainer.train_one_epoch(1)["loss_total"]
     assert losses["memory"] == losses["none"]

@@ -56,11 +56,11 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     )
     torch.set_num_threads(1)
     data, out_dir = Path(root), Path(out)
-    step = _first_step(Trainer(_cfg(data, "train.sync_bn=true"), out_dir / "step", device="cpu"))
+    step = _first_step(Trainer.from_config(_cfg(data, "train.sync_bn=true"), out_dir / "step", device="cpu"))
     torch.save(step, out_dir / f"step-rank{rank}.pt")
-    Trainer(_cfg(data), out_dir / "full", device="cpu").fit()
-    Trainer(_cfg(data, "optim.epochs=1"), out_dir / "split", device="cpu").fit()  # "interrupted"
-    Trainer(_cfg(data), out_dir / "split", device="cpu").fit(resume=True)
+    Trainer.from_config(_cfg(data), out_dir / "full", device="cpu").fit()
+    Trainer.from_config(_cfg(data, "optim.epochs=1"), out_dir / "split", device="cpu").fit()  # "interrupted"
+    Trainer.from_config(_cfg(data), out_dir / "split", device="cpu").fit(resume=True)
     torch.distributed.destroy_process_group()
 
 
@@ -78,7 +78,7 @@ def ddp_results(tiny_data, tmp_path_factory) -> Path:
 
 
 def test_two_processes_match_one_on_the_same_global_batch(ddp_results, tiny_data, tmp_path):
-    one = _first_step(Trainer(_cfg(tiny_data), tmp_path / "one", device="cpu"))
+    one = _first_step(Trainer.from_config(_cfg(tiny_data), tmp_path / "one", device="cpu"))
     ranks = [torch.load(ddp_results / f"step-rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert one["shard"] == 8 and [r["shard"] for r in ranks] == [4, 4]  # 4 ids x 2 images, split in two
     for r in ranks:
@@ -107,13 +107,13 @@ def test_interrupted_two_process_run_resumes_exactly(ddp_results):
 def test_global_batch_shards_are_disjoint_and_complete(world):
     full = PKSampler(PIDS, p=4, k=3, seed=5)
     shards = [GlobalBatchShard(PKSampler(PIDS, p=4, k=3, seed=5), r, world) for r in range(world)]
-    for s in shards + [full]:
+    for s in [*shards, full]:
         s.set_epoch(2)
     per_rank = [list(s) for s in shards]
-    assert all(len(s) == len(full) == len(b) for s, b in zip(shards, per_rank))
+    assert all(len(s) == len(full) == len(b) for s, b in zip(shards, per_rank, strict=True))
     for step, batch in enumerate(full):
         parts = [b[step] for b in per_rank]
-        assert sum(parts, []) == batch  # complete, in order: the one-process batch
+        assert [i for part in parts for i in part] == batch  # complete, in order: the one-process batch
         ids = [{PIDS[i] for i in p} for p in parts]
         assert len(set().union(*ids)) == sum(map(len, ids)) == 4  # disjoint: no id on two ranks
         for p in parts:  # whole identities: p / world ids with k images each
@@ -121,7 +121,7 @@ def test_global_batch_shards_are_disjoint_and_complete(world):
 
 
 def test_shards_refuse_an_uneven_split_and_cover_test_records():
-    with pytest.raises(ValueError, match="data.p=4 .* 3 processes"):
+    with pytest.raises(ValueError, match=r"data\.p=4 .* 3 processes"):
         GlobalBatchShard(PKSampler(PIDS, p=4, k=2), 0, 3)
     bounds = [shard_bounds(11, r, 3) for r in range(3)]
     assert bounds == [(0, 4), (4, 8), (8, 11)]

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import load_config
+from canlib.config import EvalSection, RunSections, config_hash, load_config
+from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.evaluate import evaluation_options
 from canlib.engine.trainer import CHECKPOINT, Trainer, TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,13 +60,13 @@ def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
 def test_resume_refuses_a_changed_recipe(tiny_data, tmp_path):
     run = tmp_path / "run"
     train(smoke_cfg(tiny_data, "optim.epochs=1"), run, device="cpu")
-    with pytest.raises(ValueError, match="optim.lr"):
+    with pytest.raises(ValueError, match=r"optim\.lr"):
         train(smoke_cfg(tiny_data, "optim.lr=0.1"), run, device="cpu", resume=True)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    trainer = Trainer(smoke_cfg(tiny_data, "optim.epochs=3"), run, device="cpu")
+    trainer = Trainer.from_config(smoke_cfg(tiny_data, "optim.epochs=3"), run, device="cpu")
     real_forward = trainer.loss.forward
     calls = {"n": 0}
 
@@ -76,7 +78,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
         return total, terms
 
     monkeypatch.setattr(trainer.loss, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match="non-finite loss.*epoch 2.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss.*epoch 2.*last good checkpoint"):
         trainer.fit()
     state = torch.load(run / CHECKPOINT, weights_only=False)
     assert state["epoch"] == 1
@@ -84,8 +86,46 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     assert not (run / "metrics.json").exists()
 
 
+def test_a_trainer_given_sections_is_the_trainer_of_the_dictionary(tiny_data, tmp_path):
+    cfg = smoke_cfg(tiny_data, "train.max_batches_per_epoch=1", "data.verify_images=false")
+    by_dict = Trainer.from_config(cfg, tmp_path / "dict", device="cpu")
+    stats = by_dict.train_one_epoch(1)
+    by_sections = Trainer(RunSections.from_config(cfg), tmp_path / "sections", device="cpu")
+    assert by_sections.run == by_dict.run and by_sections.run.config == cfg
+    again = by_sections.train_one_epoch(1)
+    timing = ("seconds", "images_per_s")
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in stats.items() if k not in timing}
+    assert stats["loss_total"] > 0 and stats["images"] == 8
+    a, b = by_dict.state_dict(), by_sections.state_dict()
+    assert a["config_hash"] == b["config_hash"] == config_hash(cfg)
+    assert list(a["model"]) == list(b["model"]) and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert by_dict.save_checkpoint() == checkpoint_path(tmp_path / "dict") == tmp_path / "dict" / CHECKPOINT
+
+
+def test_evaluation_options_come_from_the_eval_section_once():
+    cfg = load_config(SMOKE, ["eval.flip_tta=true", "eval.chunk_size=512"])
+    section = EvalSection.from_config(cfg)
+    assert evaluation_options(section) == {
+        "metric": "cosine",
+        "ap": "step",
+        "max_rank": 50,
+        "flip_tta": True,
+        "rerank": False,
+        "chunk_size": 512,
+    }
+    changed = evaluation_options(section, metric="euclidean", ap="trapezoid", flip_tta=False, rerank=True)
+    assert (changed["metric"], changed["ap"], changed["flip_tta"], changed["rerank"]) == (
+        "euclidean",
+        "trapezoid",
+        False,
+        True,
+    )
+
+
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "canlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "canlib", *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_cli_help_lists_every_command():
@@ -134,3 +174,9 @@ def test_cli_reports_a_wrong_data_root(tmp_path):
     )
     assert out.returncode == 2
     assert "bounding_box_train" in out.stderr
+
+
+def test_a_trainer_given_a_dictionary_points_to_from_config(tiny_data, tmp_path):
+    cfg = smoke_cfg(tiny_data, "data.verify_images=false")
+    with pytest.raises(TypeError, match=r"Trainer\.from_config"):
+        Trainer(cfg, tmp_path / "dict", device="cpu")

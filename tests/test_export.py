@@ -89,7 +89,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_code(run, tmp_path):
     marker.unlink()
     with pytest.raises(CheckpointError, match=r"last\.pt: refused.*would call io\.open"):  # ... ours does not
         load_checkpoint(evil)
-    trainer = Trainer(load_config(run / "config.yaml"), tmp_path / "resumed", device="cpu")
+    trainer = Trainer.from_config(load_config(run / "config.yaml"), tmp_path / "resumed", device="cpu")
     with pytest.raises(CheckpointError, match=str(evil)):
         trainer.load_checkpoint(evil)
     assert not marker.exists()

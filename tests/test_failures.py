@@ -249,6 +249,7 @@ def test_a_real_kill_before_the_checkpoint_keeps_the_log_consistent(tiny_data, t
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr
     assert torch.load(run / CHECKPOINT, weights_only=True)["epoch"] == 1 and log_epochs(run) == [1, 2]
@@ -300,7 +301,9 @@ def test_a_corrupt_query_image_stops_the_run_before_training(data_copy, tmp_path
     code, errors = cli(caplog, *train_args(data_copy, tmp_path / "run"))
     one_line(code, errors, bad.name, "data.verify_images")
     assert not (tmp_path / "run" / CHECKPOINT).exists()
-    Trainer(tiny_cfg(data_copy, "data.verify_images=false"), tmp_path / "run", device="cpu")  # the check skipped
+    Trainer.from_config(
+        tiny_cfg(data_copy, "data.verify_images=false"), tmp_path / "run", device="cpu"
+    )  # the check skipped
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
@@ -359,7 +362,7 @@ def test_resume_accepts_the_same_data_at_another_path(tiny_data, run_copy, data_
 
 # ---------------------------------------------------------------- 6. smaller ones
 def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(tiny_data, tmp_path):
-    trainer = Trainer(tiny_cfg(tiny_data), tmp_path / "run", device="cpu")
+    trainer = Trainer.from_config(tiny_cfg(tiny_data), tmp_path / "run", device="cpu")
     real = trainer.loss.forward
 
     def poisoned(*args, **kwargs):

@@ -74,7 +74,8 @@ def test_each_neck_key_changes_what_the_losses_see(key, value, tiny_data):
 
 
 def test_trunk_state_dict_loads_as_a_pretrained_backbone(tmp_path):
-    kwargs = dict(parts=(1,), backbone="timm:resnet18", backbone_kwargs={"channels": [8, 16, 24, 32]}, layer3_stride=1)
+    kwargs = {"parts": (1,), "backbone": "timm:resnet18", "backbone_kwargs": {"channels": [8, 16, 24, 32]}}
+    kwargs["layer3_stride"] = 1
     torch.manual_seed(0)
     source = CAN(20, **kwargs)
     path = tmp_path / "trunk.pt"

@@ -31,7 +31,7 @@ def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dt
     assert not model.training and meta["epoch"] == 2 and meta["metrics"]["mAP"] >= 0
     assert meta["record"]["code_fingerprint"] and meta["config"]["data"]["root"]
 
-    trainer = Trainer(meta["config"], tmp_path / "again", device="cpu")
+    trainer = Trainer.from_config(meta["config"], tmp_path / "again", device="cpu")
     trainer.load_checkpoint(checkpoint_path(finished_run))
     reference = trainer.model.eval()
     _, query_loader, _ = build_loaders(meta["config"], build_dataset(meta["config"]), seed=0)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: One image: ``(path, pid, camid)``.
 Record = tuple[str, int, int]
@@ -65,11 +65,11 @@ def find_unreadable(paths: Sequence[str], workers: int | None = None) -> dict[st
 
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < 64:
-        found = map(check, paths)
+        found = [check(path) for path in paths]
     else:
         with ThreadPoolExecutor(workers) as pool:
             found = list(pool.map(check, paths, chunksize=64))
-    return {path: msg for path, msg in zip(paths, found) if msg is not None}
+    return {path: msg for path, msg in zip(paths, found, strict=True) if msg is not None}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -117,8 +117,10 @@ class ReIDDataset:
     reported with a :class:`StatisticsMismatchWarning`.
     """
 
-    name: ClassVar[str] = "reid"
-    official: ClassVar[Mapping[str, int]] = {}
+    name: str = "reid"
+    official: Mapping[str, int] = {}
+    #: The identities a validation split holds out (set by :func:`canlib.data.split.hold_out_validation`).
+    held_out_pids: list[int]
 
     def __init__(
         self,
@@ -154,7 +156,7 @@ class ReIDDataset:
         self.num_train_cams = len({cam for _, _, cam in self.train})
         if check_stats and self.official:
             self.check_statistics()
-        logger.info(
+        log.info(
             "loaded %s from %s: %d train ids / %d images, %d query, %d gallery",
             self.name,
             self.root,
@@ -188,7 +190,7 @@ class ReIDDataset:
             if msg is not None:
                 if not skip:
                     raise ImageReadError(msg)
-                logger.warning("skipping corrupt image: %s", msg)
+                log.warning("skipping corrupt image: %s", msg)
                 skipped += 1
                 continue
             kept.append(rec)
@@ -242,7 +244,7 @@ class ReIDDataset:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"{self.name} ({self.root})"]
         for i, row in enumerate(rows):
-            cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+            cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True))]
             lines.append("  " + " | ".join(cells))
             if i == 0:
                 lines.append("  " + "-+-".join("-" * w for w in widths))

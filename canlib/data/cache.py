@@ -20,7 +20,8 @@ N processes see the augmentations one process would.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class ImageCache:
         storage: torch.device | str = "cpu",
         num_workers: int = 0,
         batch_size: int = 64,
-    ) -> "ImageCache":
+    ) -> ImageCache:
         """Decode every record once (``num_workers`` loader processes) into a tensor on ``storage``."""
         storage = torch.device(storage)
         images = torch.empty((len(records), 3, height, width), dtype=torch.uint8, device=storage)
@@ -162,8 +163,9 @@ class BatchAugment:
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         if self.crop is not None:
             x = F.pad(x, [self.pad] * 4)
+            corners = [p["crop"] for p in params]  # (top, left) of each image's crop
             x = torch.stack(
-                [x[b, :, t : t + self.height, l : l + self.width] for b, (t, l) in enumerate(p["crop"] for p in params)]
+                [x[b, :, top : top + self.height, left : left + self.width] for b, (top, left) in enumerate(corners)]
             )
         x = TF.to_dtype(x, torch.float32, scale=True)
         if self.normalize:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SPLITS = (("train_idx", "bounding_box_train"), ("query_idx", "query"), ("gallery_idx", "bounding_box_test"))
 
@@ -90,5 +91,5 @@ def convert_cuhk03_np(
                     Image.fromarray(image).save(target / f"{labels[idx]:04d}_c{cam}_{name}")
                     written += 1
                 counts[variant][folder] = written
-            logger.info("cuhk03-np %s: %s", variant, counts[variant])
+            log.info("cuhk03-np %s: %s", variant, counts[variant])
     return counts

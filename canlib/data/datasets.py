@@ -14,12 +14,13 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from canlib.data.base import DISTRACTOR_PID, JUNK_PID, DatasetLayoutError, Record, ReIDDataset, list_images, locate_root
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The WHOLE file name: pid (``-1`` junk, ``0`` distractor), 1-based camera, then an optional
 #: sequence ``sS`` and ``_``-separated numbers (a letter may lead): Market-1501's
@@ -45,8 +46,8 @@ class MarketLayoutDataset(ReIDDataset):
     Names that do not parse, or whose camera exceeds ``num_cameras``, are skipped with a warning.
     """
 
-    name: ClassVar[str] = "folder"
-    candidates: ClassVar[tuple[str, ...]] = ()
+    name: str = "folder"
+    candidates: tuple[str, ...] = ()
     num_cameras: ClassVar[int | None] = None
 
     def __init__(self, root: str | os.PathLike[str], **options: Any) -> None:
@@ -96,10 +97,10 @@ class Market1501(MarketLayoutDataset):
     Expected at ``root`` or ``root/Market-1501-v15.09.15`` (also ``Market-1501``, ``market1501``).
     """
 
-    name: ClassVar[str] = "market1501"
+    name: str = "market1501"
     candidates = ("Market-1501-v15.09.15", "Market-1501", "market1501", "market1501/Market-1501-v15.09.15")
     num_cameras = 6
-    official: ClassVar[Mapping[str, int]] = {
+    official: Mapping[str, int] = {
         "train_ids": 751,
         "train_images": 12936,
         "query_ids": 750,
@@ -121,10 +122,10 @@ class DukeMTMCReID(MarketLayoutDataset):
     non-commercial terms. Expected at ``root`` or ``root/DukeMTMC-reID``.
     """
 
-    name: ClassVar[str] = "dukemtmc"
+    name: str = "dukemtmc"
     candidates = ("DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid")
     num_cameras = 8
-    official: ClassVar[Mapping[str, int]] = {
+    official: Mapping[str, int] = {
         "train_ids": 702,
         "train_images": 16522,
         "query_ids": 702,
@@ -146,7 +147,7 @@ class CUHK03NP(MarketLayoutDataset):
     Non-commercial research use. The paper does not say which variant Table 6 uses.
     """
 
-    name: ClassVar[str] = "cuhk03np"
+    name: str = "cuhk03np"
     variants: ClassVar[dict[str, dict[str, int]]] = {
         "labeled": {
             "train_ids": 767,
@@ -171,7 +172,7 @@ class CUHK03NP(MarketLayoutDataset):
             raise ValueError(f"cuhk03np: variant must be one of {sorted(self.variants)}, got {variant!r}")
         self.variant = variant
         parents = ("cuhk03-np", "CUHK03-NP", "cuhk03_np", "cuhk03")
-        self.candidates = tuple(f"{d}/{variant}" for d in parents) + (variant,)
+        self.candidates = (*(f"{d}/{variant}" for d in parents), variant)
         options.setdefault("official", self.variants[variant])
         super().__init__(root, **options)
 
@@ -187,8 +188,8 @@ class MSMT17(ReIDDataset):
     common) trains on train+val. Non-commercial research use; obtain it from its authors.
     """
 
-    name: ClassVar[str] = "msmt17"
-    candidates: ClassVar[tuple[str, ...]] = (
+    name: str = "msmt17"
+    candidates: tuple[str, ...] = (
         "MSMT17_V1",
         "MSMT17_V2",
         "MSMT17",
@@ -197,7 +198,7 @@ class MSMT17(ReIDDataset):
         "msmt17/MSMT17_V2",
     )
     lists: ClassVar[tuple[str, ...]] = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
-    official: ClassVar[Mapping[str, int]] = {
+    official: Mapping[str, int] = {
         "train_ids": 1041,
         "train_images": 32621,
         "query_ids": 3060,
@@ -258,7 +259,7 @@ class SyntheticReID(MarketLayoutDataset):
     Its "official" statistics are the counts the generator recorded in ``meta.json``.
     """
 
-    name: ClassVar[str] = "synthetic"
+    name: str = "synthetic"
     candidates = ("synthetic",)
 
     def __init__(self, root: str | os.PathLike[str], **options: Any) -> None:
@@ -269,7 +270,7 @@ class SyntheticReID(MarketLayoutDataset):
             options.setdefault("official", meta.get("statistics", {}))
             self.meta = meta
         else:
-            logger.warning("synthetic: %s has no meta.json; counts are not checked", folder)
+            log.warning("synthetic: %s has no meta.json; counts are not checked", folder)
             self.meta = {}
         super().__init__(folder, **options)
 

@@ -22,10 +22,13 @@ batches are cut to a multiple of ``world_size`` and rank ``r`` takes batches
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+#: What one epoch is (the ``epoch`` argument): every identity once, or about every image once.
+EPOCH_MODES = ("ids", "images")
 
 
 class PKSampler(Sampler[list[int]]):
@@ -45,7 +48,7 @@ class PKSampler(Sampler[list[int]]):
             raise ValueError(f"p and k must be positive, got p={p}, k={k}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if epoch not in ("ids", "images"):
+        if epoch not in EPOCH_MODES:
             raise ValueError(f"epoch must be 'ids' or 'images', got {epoch!r}")
         index: dict[int, list[int]] = defaultdict(list)
         for i, pid in enumerate(pids):

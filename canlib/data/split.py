@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from canlib.data.base import Record, ReIDDataset
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _valid(queries: Sequence[Record], gallery: Sequence[Record]) -> bool:
@@ -38,7 +38,7 @@ def split_identity(images: Sequence[Record], rng: random.Random) -> tuple[list[R
     for cam in cams:
         candidate = rng.choice(sorted(by_cam[cam]))
         remaining = [r for r in rest if r != candidate]
-        if _valid(query + [candidate], remaining):
+        if _valid([*query, candidate], remaining):
             query.append(candidate)
             rest = remaining
     return query, rest
@@ -74,7 +74,7 @@ def hold_out_validation(dataset: ReIDDataset, num_ids: int, seed: int = 0) -> Re
     split = ReIDDataset(train, query, gallery, root=dataset.root, check_stats=False)
     split.name = f"{dataset.name}[val {num_ids} ids, seed {seed}]"
     split.held_out_pids = sorted(held)
-    logger.info(
+    log.info(
         "validation split: %d of %d training ids held out (%d query, %d gallery images)",
         num_ids,
         len(raw_pids),

@@ -26,10 +26,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -38,7 +39,7 @@ from canlib.data.synthetic_draw import VIEWS, PersonPainter, Pose
 from canlib.data.synthetic_identity import Identity, make_identities, random_identity
 from canlib.data.synthetic_scene import Camera, apply_camera, draw_background, draw_occluder, make_cameras
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 SUBSETS = ("bounding_box_train", "query", "bounding_box_test")
@@ -107,7 +108,7 @@ def split_ids(cfg: SyntheticConfig, groups: Sequence[Sequence[int]]) -> tuple[li
     grouped = {p for g in groups for p in g}
     units = [list(g) for g in groups] + [[p] for p in range(1, cfg.ids + 1) if p not in grouped]
     order = rng.permutation(len(units))
-    n_train = int(round(cfg.train_fraction * cfg.ids))
+    n_train = round(cfg.train_fraction * cfg.ids)
     train: list[int] = []
     test: list[int] = []
     for i in order:
@@ -126,9 +127,9 @@ def plan_images(cfg: SyntheticConfig, train: Sequence[int], test: Sequence[int])
         n_cams = int(rng.integers(cfg.min_cameras, min(cfg.max_cameras, cfg.cameras) + 1))
         cams = sorted(int(c) for c in rng.choice(cfg.cameras, n_cams, replace=False))
         per_cam = 2 if pid in test_set else 1
-        total = max(n_cams * per_cam, int(round(cfg.images_per_id * rng.uniform(0.6, 1.4))))
+        total = max(n_cams * per_cam, round(cfg.images_per_id * rng.uniform(0.6, 1.4)))
         counts = per_cam + rng.multinomial(total - n_cams * per_cam, rng.dirichlet(np.full(n_cams, 2.0)))
-        for cam, n in zip(cams, counts):
+        for cam, n in zip(cams, counts, strict=True):
             seq, frame = int(rng.integers(1, 7)), int(rng.integers(100, 9000)) * 10
             query_at = int(rng.integers(n)) if pid in test_set else -1
             for i in range(int(n)):
@@ -141,7 +142,7 @@ def plan_images(cfg: SyntheticConfig, train: Sequence[int], test: Sequence[int])
     rng = np.random.default_rng([cfg.seed, 402])
     names = {s.filename for s in specs}
     for kind, pid, fraction in (("distractor", 0, cfg.distractors), ("junk", -1, cfg.junk)):
-        for i in range(int(round(fraction * n_gallery))):
+        for i in range(round(fraction * n_gallery)):
             spec = ImageSpec(
                 "bounding_box_test",
                 kind,
@@ -211,19 +212,19 @@ class Renderer:
         return apply_camera(img, cam, rng, light)
 
 
-_WORKER: Renderer | None = None
+#: This process's renderer, set by :func:`_init_worker` (in every pool worker, or in the main process).
+_WORKER: dict[str, Renderer] = {}
 
 
 def _init_worker(renderer: Renderer) -> None:
-    global _WORKER
-    _WORKER = renderer
+    _WORKER["renderer"] = renderer
 
 
 def _write_batch(args: tuple[str, list[ImageSpec]]) -> int:
     out, specs = args
-    assert _WORKER is not None
+    renderer = _WORKER["renderer"]
     for spec in specs:
-        _WORKER.render(spec).save(Path(out) / spec.subset / spec.filename, "JPEG", quality=_WORKER.cfg.jpeg_quality)
+        renderer.render(spec).save(Path(out) / spec.subset / spec.filename, "JPEG", quality=renderer.cfg.jpeg_quality)
     return len(specs)
 
 
@@ -272,17 +273,7 @@ def make_synthetic(
     train, test = split_ids(cfg, groups)
     specs = plan_images(cfg, train, test)
     cameras = make_cameras(cfg.cameras, cfg.seed, cfg.camera_strength, cfg.noise, cfg.blur)
-    renderer = Renderer(cfg, {i.pid: i for i in identities}, cameras)
-    for s in SUBSETS:
-        (out / s).mkdir(parents=True, exist_ok=True)
-    batches = [(str(out), specs[i : i + 64]) for i in range(0, len(specs), 64)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(renderer,)) as pool:
-            list(pool.map(_write_batch, batches))
-    else:
-        _init_worker(renderer)
-        for batch in batches:
-            _write_batch(batch)
+    _write_images(out, specs, Renderer(cfg, {i.pid: i for i in identities}, cameras), workers)
     stats = dataset_statistics(specs)
     meta = {
         "generator": "canlib.data.synthetic",
@@ -296,14 +287,31 @@ def make_synthetic(
         "groups": [{"pids": g, "detail": identities[g[0] - 1].detail} for g in groups],
         "cameras": [dataclasses.asdict(c) for c in cameras],
     }
+    _write_records(out, meta, identities, _readme(cfg, stats))
+    seconds = time.perf_counter() - start
+    log.info("synthetic set: %d images in %.1f s (%.0f images/s) at %s", len(specs), seconds, len(specs) / seconds, out)
+    return {**stats, "files_total": len(specs), "seconds": seconds, "images_per_second": len(specs) / seconds}
+
+
+def _write_images(out: Path, specs: list[ImageSpec], renderer: Renderer, workers: int) -> None:
+    """Render and save every image, in batches of 64 (in ``workers`` processes when more than one)."""
+    for s in SUBSETS:
+        (out / s).mkdir(parents=True, exist_ok=True)
+    batches = [(str(out), specs[i : i + 64]) for i in range(0, len(specs), 64)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(renderer,)) as pool:
+            list(pool.map(_write_batch, batches))
+    else:
+        _init_worker(renderer)
+        for batch in batches:
+            _write_batch(batch)
+
+
+def _write_records(out: Path, meta: dict[str, Any], identities: Sequence[Identity], readme: str) -> None:
+    """``meta.json``, ``identities.json`` and ``README.txt`` beside the images."""
     (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     (out / "identities.json").write_text(json.dumps([i.to_json() for i in identities], indent=1, sort_keys=True) + "\n")
-    (out / "README.txt").write_text(_readme(cfg, stats))
-    seconds = time.perf_counter() - start
-    logger.info(
-        "synthetic set: %d images in %.1f s (%.0f images/s) at %s", len(specs), seconds, len(specs) / seconds, out
-    )
-    return {**stats, "files_total": len(specs), "seconds": seconds, "images_per_second": len(specs) / seconds}
+    (out / "README.txt").write_text(readme)
 
 
 def _readme(cfg: SyntheticConfig, stats: dict[str, int]) -> str:
@@ -351,10 +359,10 @@ def sample_grid(
             if pid in details:
                 draw.text((2, y + h // 2 + 2), details[pid], fill=(170, 0, 0))
         for c in range(n_cams):
-            path = files.get((pid, c))
-            cell = Image.open(path).convert("RGB") if path else Image.new("RGB", (w, h), (225, 225, 225))
+            found = files.get((pid, c))
+            cell = Image.open(found).convert("RGB") if found else Image.new("RGB", (w, h), (225, 225, 225))
             grid.paste(cell, (margin + c * (w + 2), y))
-    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST) if scale > 1 else grid
+    return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST) if scale > 1 else grid
 
 
 _DESCRIPTION = (
@@ -414,8 +422,8 @@ def register_cli(subparsers: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
     stats = make_synthetic(args.out, workers=args.workers, overwrite=args.overwrite, **knobs)
-    logger.info("statistics: %s", json.dumps({k: v for k, v in stats.items() if isinstance(v, int)}))
+    log.info("statistics: %s", json.dumps({k: v for k, v in stats.items() if isinstance(v, int)}))
     if args.grid:
         sample_grid(args.out).save(args.grid)
-        logger.info("sample grid: %s", args.grid)
+        log.info("sample grid: %s", args.grid)
     return 0

@@ -11,8 +11,8 @@ pattern of the top), like the pairs of the paper's Figure 1.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -112,12 +112,15 @@ def _pick(rng: np.random.Generator, table: dict[str, tuple[RGB, float]], jitter:
     names = list(table)
     weights = np.array([table[n][1] for n in names])
     base = np.array(table[names[int(rng.choice(len(names), p=weights / weights.sum()))]][0], dtype=float)
-    return tuple(int(v) for v in np.clip(base + rng.normal(0.0, jitter, 3), 0, 255))  # type: ignore[return-value]
+    r, g, b = (int(v) for v in np.clip(base + rng.normal(0.0, jitter, 3), 0, 255))
+    return r, g, b
 
 
 def _accent(rng: np.random.Generator, avoid: Sequence[RGB] = ()) -> RGB:
     """An accent colour far from every colour in ``avoid``."""
-    options = [c for c in ACCENT.values() if all(sum(abs(a - b) for a, b in zip(c, o)) > 150 for o in avoid)]
+    options = [
+        c for c in ACCENT.values() if all(sum(abs(a - b) for a, b in zip(c, o, strict=True)) > 150 for o in avoid)
+    ]
     options = options or list(ACCENT.values())
     return options[int(rng.integers(len(options)))]
 
@@ -200,11 +203,11 @@ def make_identities(
     """
     rng = np.random.default_rng([seed, 200])
     order = [int(p) for p in rng.permutation(np.asarray(pids))]
-    n_grouped = int(round(hard_negative_fraction * len(order)))
+    n_grouped = round(hard_negative_fraction * len(order))
     groups: list[list[int]] = []
     i = 0
     while group_size >= 2 and n_grouped - i >= 2:
-        size = int(min(rng.integers(2, group_size + 1), n_grouped - i))
+        size = min(int(rng.integers(2, group_size + 1)), n_grouped - i)
         groups.append(sorted(order[i : i + size]))
         i += size
     identities: dict[int, Identity] = {}

@@ -79,7 +79,8 @@ def make_cameras(n: int, seed: int, strength: float = 1.0, noise: float = 1.0, b
             cam.ground_color = (int(rng.integers(60, 100)), int(rng.integers(110, 150)), int(rng.integers(50, 80)))
         cam.horizon = float(rng.uniform(0.45, 0.7))
         cam.views = VIEW_MIXES[i % len(VIEW_MIXES)]
-        cam.gains = tuple(float(g) for g in 1.0 + strength * rng.uniform(-0.18, 0.18, 3))  # type: ignore[assignment]
+        red, green, blue = (float(g) for g in 1.0 + strength * rng.uniform(-0.18, 0.18, 3))
+        cam.gains = (red, green, blue)
         cam.brightness = float(1.0 + strength * rng.uniform(-0.28, 0.22))
         cam.contrast = float(1.0 + strength * rng.uniform(-0.25, 0.12))
         cam.saturation = float(1.0 + strength * rng.uniform(-0.4, 0.15))
@@ -93,7 +94,8 @@ def make_cameras(n: int, seed: int, strength: float = 1.0, noise: float = 1.0, b
 
 def _jitter(color: RGB, rng: np.random.Generator, amount: float) -> RGB:
     jittered = np.clip(np.array(color) + rng.normal(0, amount, 3), 0, 255)
-    return tuple(int(c) for c in jittered)  # type: ignore[return-value]
+    r, g, b = (int(c) for c in jittered)
+    return r, g, b
 
 
 def draw_background(draw: ImageDraw.ImageDraw, size: tuple[int, int], cam: Camera, rng: np.random.Generator) -> None:
@@ -103,49 +105,79 @@ def draw_background(draw: ImageDraw.ImageDraw, size: tuple[int, int], cam: Camer
     wall, ground = _jitter(cam.wall_color, rng, 8), _jitter(cam.ground_color, rng, 6)
     draw.rectangle([0, 0, w, hy], fill=wall)
     draw.rectangle([0, hy, w, h], fill=ground)
-    darker = tuple(int(c * 0.78) for c in wall)
-    lighter = tuple(min(255, int(c * 1.18)) for c in wall)
     ox, oy = int(rng.integers(0, 40)), int(rng.integers(0, 20))
     unit = max(2, h // 32)
-    if cam.wall == "bricks":
+    _draw_wall(draw, cam.wall, wall, w, hy, ox, oy, unit, rng)
+    _draw_ground(draw, cam.ground, ground, size, hy, ox, unit, rng)
+    draw.line([(0, hy), (w, hy)], fill=tuple(int(c * 0.6) for c in wall), width=unit)
+    if rng.random() < cam.clutter:
+        draw_clutter(draw, size, hy, rng)
+
+
+def _draw_wall(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    wall: RGB,
+    w: int,
+    hy: int,
+    ox: int,
+    oy: int,
+    unit: int,
+    rng: np.random.Generator,
+) -> None:
+    """The wall's pattern above the horizon ``hy`` (``ox``, ``oy``: its offset; ``unit``: its scale)."""
+    darker = tuple(int(c * 0.78) for c in wall)
+    lighter = tuple(min(255, int(c * 1.18)) for c in wall)
+    if kind == "bricks":
         bh, bw = 3 * unit, 8 * unit
         for r, y in enumerate(range(-oy, hy, bh)):
             draw.line([(0, y), (w, y)], fill=darker, width=max(1, unit // 2))
             for x in range(-ox + (bw // 2) * (r % 2), w, bw):
                 draw.line([(x, y), (x, y + bh)], fill=darker, width=max(1, unit // 2))
-    elif cam.wall == "windows":
+    elif kind == "windows":
         for y in range(-oy + 2 * unit, hy - 4 * unit, 14 * unit):
             for x in range(-ox, w, 12 * unit):
                 draw.rectangle([x, y, x + 7 * unit, y + 9 * unit], fill=darker)
                 draw.rectangle([x + unit, y + unit, x + 6 * unit, y + 4 * unit], fill=lighter)
-    elif cam.wall == "foliage":
+    elif kind == "foliage":
         for _ in range(14):
-            x, y, r = rng.uniform(0, w), rng.uniform(0, hy), rng.uniform(4, 12) * unit
+            fx, fy, radius = rng.uniform(0, w), rng.uniform(0, hy), rng.uniform(4, 12) * unit
             col = (int(rng.integers(30, 80)), int(rng.integers(80, 140)), int(rng.integers(30, 70)))
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=col)
-    elif cam.wall == "panels":
+            draw.ellipse([fx - radius, fy - radius, fx + radius, fy + radius], fill=col)
+    elif kind == "panels":
         for x in range(-ox, w, 10 * unit):
             draw.rectangle([x, 0, x + 4 * unit, hy], fill=darker)
     else:
         for y in range(0, hy, 4 * unit):
             shade = 0.88 + 0.12 * y / max(hy, 1)
             draw.rectangle([0, y, w, y + 4 * unit], fill=tuple(int(c * shade) for c in wall))
+
+
+def _draw_ground(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    ground: RGB,
+    size: tuple[int, int],
+    hy: int,
+    ox: int,
+    unit: int,
+    rng: np.random.Generator,
+) -> None:
+    """The ground's pattern below the horizon ``hy``."""
+    w, h = size
     gdark = tuple(int(c * 0.8) for c in ground)
-    if cam.ground == "tiles":
+    if kind == "tiles":
         for y in range(hy, h, 6 * unit):
             draw.line([(0, y), (w, y)], fill=gdark, width=max(1, unit // 2))
         for x in range(-ox, w + 40 * unit, 10 * unit):
             draw.line([(x, hy), (x + (x - w / 2) * 0.6, h)], fill=gdark, width=max(1, unit // 2))
-    elif cam.ground == "crossing":
+    elif kind == "crossing":
         for x in range(-ox, w, 10 * unit):
             draw.rectangle([x, hy + 2 * unit, x + 5 * unit, h], fill=(200, 200, 196))
-    elif cam.ground == "grass":
+    elif kind == "grass":
         for _ in range(40):
-            x, y = rng.uniform(0, w), rng.uniform(hy, h)
-            draw.line([(x, y), (x + rng.uniform(-1, 1) * unit, y - 2 * unit)], fill=gdark, width=max(1, unit // 2))
-    draw.line([(0, hy), (w, hy)], fill=tuple(int(c * 0.6) for c in wall), width=unit)
-    if rng.random() < cam.clutter:
-        draw_clutter(draw, size, hy, rng)
+            gx, gy = rng.uniform(0, w), rng.uniform(hy, h)
+            draw.line([(gx, gy), (gx + rng.uniform(-1, 1) * unit, gy - 2 * unit)], fill=gdark, width=max(1, unit // 2))
 
 
 def draw_clutter(draw: ImageDraw.ImageDraw, size: tuple[int, int], hy: int, rng: np.random.Generator) -> None:
@@ -201,8 +233,8 @@ def draw_occluder(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.rand
 def apply_camera(img: Image.Image, cam: Camera, rng: np.random.Generator, light: float = 1.0) -> Image.Image:
     """The camera's imaging chain: resolution, blur, colour cast, exposure, contrast, saturation, noise."""
     if cam.downscale > 1:
-        small = img.resize((img.width // cam.downscale, img.height // cam.downscale), Image.BILINEAR)
-        img = small.resize(img.size, Image.BILINEAR)
+        small = img.resize((img.width // cam.downscale, img.height // cam.downscale), Image.Resampling.BILINEAR)
+        img = small.resize(img.size, Image.Resampling.BILINEAR)
     radius = cam.blur * rng.uniform(0.7, 1.3)
     if radius > 0.15:
         img = img.filter(ImageFilter.GaussianBlur(radius))

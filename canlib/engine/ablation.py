@@ -23,13 +23,19 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
-from canlib.engine.record import changed_inputs, changed_modules, code_fingerprint, module_fingerprints
+from canlib.engine.record import (
+    changed_inputs,
+    changed_modules,
+    code_fingerprint,
+    load_equivalences,
+    module_fingerprints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +88,10 @@ def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> 
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
 
 
-def recorded_run(
-    results_dir: Path, cfg: dict[str, Any], current: tuple[str, dict[str, str]] | None
-) -> dict[str, Any] | None:
+def recorded_run(results_dir: Path, cfg: dict[str, Any], current: CheckoutState | None) -> dict[str, Any] | None:
     """The metrics of a recorded run with this configuration, or None.
 
-    With ``current`` (the checkout's ``(code_fingerprint(), module_fingerprints())``) the run
+    With ``current`` (the checkout, :func:`checkout_state`) the run
     must also have been trained by the current code, or code certified equivalent to it
     (:func:`freshness`); with ``None`` any recorded run of the configuration is returned.
     """
@@ -119,7 +123,7 @@ def load_records(
     which training modules changed since (``changed``, see :func:`freshness`); runs that were
     never recorded are left out, so a reader sees what exists and how fresh it is.
     """
-    current = (code_fingerprint(), module_fingerprints())
+    current = checkout_state()
     out = []
     for row in rows if rows is not None else ablation_rows():
         for seed in seeds:
@@ -144,17 +148,31 @@ def load_records(
     return out
 
 
-def freshness(run_dir: str | Path, current: tuple[str, dict[str, str]] | None = None) -> str:
+class CheckoutState(NamedTuple):
+    """What a recorded run is compared with: the checkout's training-code fingerprint, its
+    per-module fingerprints and the certified equivalences (read once per batch of runs)."""
+
+    fingerprint: str
+    modules: dict[str, str]
+    equivalences: list[dict[str, Any]]
+
+
+def checkout_state() -> CheckoutState:
+    """The checkout's :class:`CheckoutState`."""
+    return CheckoutState(code_fingerprint(), module_fingerprints(), load_equivalences())
+
+
+def freshness(run_dir: str | Path, current: CheckoutState | None = None) -> str:
     """Which training modules changed since a recorded run: ``""`` when none (a current run),
     a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told.
 
     A module whose change was certified to train the same (``results/equivalences.json``,
     :mod:`canlib.engine.certify`) does not count as changed.
 
-    ``current``: the checkout's ``(code_fingerprint(), module_fingerprints())``, when the
-    caller checks many runs (computed here otherwise).
+    ``current``: the checkout's :func:`checkout_state`, when the caller checks many runs
+    (read here otherwise).
     """
-    fingerprint, modules = current if current is not None else (code_fingerprint(), module_fingerprints())
+    fingerprint, modules, equivalences = current if current is not None else checkout_state()
     try:
         record = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -162,7 +180,7 @@ def freshness(run_dir: str | Path, current: tuple[str, dict[str, str]] | None = 
     inputs = [f"{key} (file changed)" for key in changed_inputs(record, _saved_config(Path(run_dir)))]
     if record.get("code_fingerprint") == fingerprint:
         return ", ".join(inputs)
-    changed = changed_modules(record, modules)
+    changed = changed_modules(record, modules, equivalences)
     return "unknown" if changed is None else ", ".join(changed + inputs)
 
 
@@ -181,7 +199,7 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     results_dir = Path(results_dir)
     frame = pd.read_csv(results_dir / "runs.csv", dtype={"run": str})
     records = [{str(k): v for k, v in rec.items()} for rec in frame.to_dict("records")]  # the CSV's column names
-    current = (code_fingerprint(), module_fingerprints())
+    current = checkout_state()
     for rec in records:
         rec["changed"] = freshness(results_dir / rec["run"], current)
         rec["current"] = rec["changed"] == ""
@@ -212,7 +230,7 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
 
-def _is_stale(run_dir: Path, current: tuple[str, dict[str, str]]) -> bool:
+def _is_stale(run_dir: Path, current: CheckoutState) -> bool:
     """A working folder left by other training code (resuming it would mix two codes)."""
     if not (run_dir / "run.json").is_file():
         return False  # nothing recorded yet: an interrupted start, safe to resume
@@ -243,7 +261,7 @@ def run_grid(
     """
     rows = list(rows if rows is not None else ablation_rows())
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
-    current = (code_fingerprint(), module_fingerprints())
+    current = checkout_state()
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
     todo = {

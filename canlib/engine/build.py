@@ -1,26 +1,45 @@
-"""Builders: the one place where configuration dictionaries become objects.
+"""Builders: the one place where configuration becomes objects.
 
-Everything below this layer takes plain arguments (the FastReID way): a reader of
-``canlib.model`` never needs to know the YAML schema.
+Each builder takes its typed section of the configuration (:mod:`canlib.config`:
+:class:`~canlib.config.DataSection`, :class:`~canlib.config.ModelSection`, ...) or a whole
+configuration dictionary, whose section it reads (``build_model(cfg, 751)``). Everything below
+this layer takes plain arguments (the FastReID way): a reader of ``canlib.model`` never needs
+to know the YAML schema.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from canlib.config import DataSection, LossSection, ModelSection, OptimSection, Section, section, validate
 from canlib.data import PKSampler, build_test_loaders, build_train_loader, load_dataset
-from canlib.data.cache import CACHE_MODES, BatchAugment, CachedTrainLoader
+from canlib.data.base import ReIDDataset
+from canlib.data.cache import BatchAugment, CachedTrainLoader
 from canlib.data.split import hold_out_validation
 from canlib.engine.distributed import GlobalBatchShard, shard_test_loader, shard_train_loader
 from canlib.losses import CANLoss, center_optimizer
 from canlib.model import CAN
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound=Section)
+
+
+def _read(value: _S | Mapping[str, Any], kind: type[_S]) -> _S:
+    """``value`` if it is a ``kind`` section, else ``kind``'s section of the configuration dictionary ``value``."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a {kind.__name__} or a configuration dictionary, got {type(value).__name__}")
+    return section(value, kind)
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -33,15 +52,15 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return device
 
 
-def build_dataset(cfg: Mapping[str, Any]):
+def build_dataset(data: DataSection | Mapping[str, Any]) -> ReIDDataset:
     """The data set named by ``data.dataset`` under ``data.root``; with ``data.val_ids > 0``, its
     validation split (:func:`canlib.data.split.hold_out_validation`) instead of its test split."""
-    data = cfg["data"]
-    if not data.get("root"):
+    d = _read(data, DataSection)
+    if not d.root:
         raise ValueError("no data root: pass --data-root DIR (or set data.root in the profile)")
-    dataset = load_dataset(data["dataset"], data["root"], **dict(data.get("options") or {}))
-    if int(data.get("val_ids") or 0) > 0:  # decide on validation: the test split is never read
-        dataset = hold_out_validation(dataset, int(data["val_ids"]), int(data.get("val_seed") or 0))
+    dataset = load_dataset(d.dataset, d.root, **d.options)
+    if d.val_ids > 0:  # decide on validation: the test split is never read
+        dataset = hold_out_validation(dataset, d.val_ids, d.val_seed)
     return dataset
 
 
@@ -57,70 +76,114 @@ def resolve_pretrained(value: str | None) -> str | None:
     return str(candidate) if candidate.exists() else value
 
 
-def build_model(cfg: Mapping[str, Any], num_classes: int) -> CAN:
+def build_model(model: ModelSection | Mapping[str, Any], num_classes: int) -> CAN:
     """CAN with the ``model`` section's arguments."""
-    m = cfg["model"]
+    m = _read(model, ModelSection)
     return CAN(
         num_classes=num_classes,
-        parts=tuple(int(n) for n in m["parts"]),
-        collaborative=bool(m["collaborative"]),
-        backbone=m["backbone"],
-        pretrained=resolve_pretrained(m["pretrained"]),
-        embed_dim=int(m["embed_dim"]),
-        pooling=m["pooling"],
-        embed_bn=m["embed_bn"],
-        last_stride=int(m["last_stride"]),
-        layer3_stride=int(m["layer3_stride"]),
-        descriptor_norm=m["descriptor_norm"],
-        backbone_kwargs=dict(m.get("backbone_kwargs") or {}),
+        parts=m.parts,
+        collaborative=m.collaborative,
+        backbone=m.backbone,
+        pretrained=resolve_pretrained(m.pretrained),
+        embed_dim=m.embed_dim,
+        pooling=m.pooling,
+        embed_bn=m.embed_bn,
+        last_stride=m.last_stride,
+        layer3_stride=m.layer3_stride,
+        descriptor_norm=m.descriptor_norm,
+        backbone_kwargs=dict(m.backbone_kwargs),
     )
 
 
-def build_loss(cfg: Mapping[str, Any], model: CAN, num_classes: int) -> CANLoss:
-    """The combined loss of equation (5) with the ``loss`` section's weights."""
-    lo = cfg["loss"]
+def build_loss(loss: LossSection | Mapping[str, Any], model: CAN, num_classes: int) -> CANLoss:
+    """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features."""
+    lo = _read(loss, LossSection)
     return CANLoss(
         num_classes=num_classes,
-        feat_dim=int(cfg["model"]["embed_dim"]),
+        feat_dim=model.embed_dim,
         num_features=model.num_features,
         global_indices=model.global_indices,
         local_indices=model.local_indices,
-        ce_weight=float(lo["ce_weight"]),
-        ce_scale=float(lo["ce_scale"]),
-        label_smoothing=float(lo["label_smoothing"]),
-        triplet_weight=float(lo["triplet_weight"]),
-        triplet_margin=float(lo["triplet_margin"]),
-        triplet_squared=bool(lo["triplet_squared"]),
-        center_weight=float(lo["center_weight"]),
-        center_squared=bool(lo["center_squared"]),
-        clustering_features=lo["clustering_features"],
-        feature_reduction=lo["feature_reduction"],
-        clustering_input=lo["clustering_input"],
+        ce_weight=lo.ce_weight,
+        ce_scale=lo.ce_scale,
+        label_smoothing=lo.label_smoothing,
+        triplet_weight=lo.triplet_weight,
+        triplet_margin=lo.triplet_margin,
+        triplet_squared=lo.triplet_squared,
+        center_weight=lo.center_weight,
+        center_squared=lo.center_squared,
+        clustering_features=lo.clustering_features,
+        feature_reduction=lo.feature_reduction,
+        clustering_input=lo.clustering_input,
     )
 
 
-def build_optimizers(cfg: Mapping[str, Any], model: nn.Module, loss: CANLoss):
-    """Adam for the network, SGD for the centres, and the step schedule of Section 4.5."""
-    o = cfg["optim"]
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=float(o["lr"]),
-        betas=tuple(float(b) for b in o["betas"]),
-        eps=float(o["eps"]),
-        weight_decay=float(o["weight_decay"]),
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[int(m) for m in o["milestones"]], gamma=float(o["gamma"])
-    )
-    centers = None
-    if float(cfg["loss"]["center_weight"]) > 0:
-        centers = center_optimizer(loss, lr=float(o["center_lr"]))
+def build_optimizers(
+    optim: OptimSection | Mapping[str, Any], model: nn.Module, loss: CANLoss
+) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.MultiStepLR]:
+    """Adam for the network, SGD for the centres (None when the loss has none), and the step
+    schedule of Section 4.5."""
+    o = _read(optim, OptimSection)
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(o.milestones), gamma=o.gamma)
+    centers = center_optimizer(loss, lr=o.center_lr) if loss.center is not None else None
     return optimizer, centers, scheduler
 
 
+def _file_train_loader(d: DataSection, dataset: ReIDDataset, seed: int, rank: int, world_size: int) -> DataLoader:
+    """The PK-sampled loader that reads the image files (rank ``rank``'s shard of each global batch)."""
+    loader = build_train_loader(
+        dataset,
+        height=d.height,
+        width=d.width,
+        p=d.p,
+        k=d.k,
+        seed=seed,
+        num_workers=d.num_workers,
+        epoch=d.epoch,
+        flip=d.flip,
+        pad=d.pad,
+        random_erasing=d.random_erasing,
+        normalize=d.normalize,
+    )
+    return shard_train_loader(loader, rank, world_size) if world_size > 1 else loader
+
+
+def _cached_train_loader(
+    d: DataSection, dataset: ReIDDataset, seed: int, rank: int, world_size: int, device: torch.device | str
+) -> CachedTrainLoader:
+    """The PK-sampled loader over the decoded-image cache (``data.cache``), augmenting on ``device``."""
+    batches: PKSampler | GlobalBatchShard = PKSampler(
+        [pid for _, pid, _ in dataset.train], p=d.p, k=d.k, seed=seed, epoch=d.epoch
+    )
+    if world_size > 1:
+        batches = GlobalBatchShard(batches, rank, world_size)
+    augment = BatchAugment(
+        height=d.height, width=d.width, flip=d.flip, pad=d.pad, random_erasing=d.random_erasing, normalize=d.normalize
+    )
+    return CachedTrainLoader(dataset.train, batches, augment, d.cache, device, d.num_workers, rank, world_size)
+
+
+def _test_loaders(d: DataSection, dataset: ReIDDataset) -> tuple[DataLoader, DataLoader]:
+    """Ordered query and gallery loaders (resize and normalisation only)."""
+    return build_test_loaders(
+        dataset,
+        height=d.height,
+        width=d.width,
+        batch_size=d.test_batch_size,
+        num_workers=d.num_workers,
+        normalize=d.normalize,
+    )
+
+
 def build_loaders(
-    cfg: Mapping[str, Any], dataset, seed: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"
-):
+    data: DataSection | Mapping[str, Any],
+    dataset: ReIDDataset,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> tuple[DataLoader | CachedTrainLoader, DataLoader, DataLoader]:
     """PK-sampled training loader and ordered query/gallery loaders.
 
     ``data.cache`` other than ``"none"``: the training loader reads a decoded-image cache
@@ -128,54 +191,41 @@ def build_loaders(
     With ``world_size > 1`` every loader yields rank ``rank``'s share: its slice of each global
     PK batch, its contiguous block of the query and gallery records.
     """
-    d = cfg["data"]
-    mode = d.get("cache", "none")
-    if mode not in CACHE_MODES:
-        raise ValueError(f"data.cache must be one of {CACHE_MODES}, got {mode!r}")
-    augment = dict(
-        flip=bool(d["flip"]),
-        pad=int(d["pad"]),
-        random_erasing=float(d["random_erasing"]),
-        normalize=bool(d["normalize"]),
-    )
-    size = dict(height=int(d["height"]), width=int(d["width"]))
-    if mode == "none":
-        train_loader = build_train_loader(
-            dataset,
-            **size,
-            p=int(d["p"]),
-            k=int(d["k"]),
-            seed=seed,
-            num_workers=int(d["num_workers"]),
-            epoch=d["epoch"],
-            **augment,
-        )
-        if world_size > 1:
-            train_loader = shard_train_loader(train_loader, rank, world_size)
+    d = _read(data, DataSection)
+    train_loader: DataLoader | CachedTrainLoader
+    if d.cache == "none":
+        train_loader = _file_train_loader(d, dataset, seed, rank, world_size)
     else:
-        batches = PKSampler(
-            [pid for _, pid, _ in dataset.train], p=int(d["p"]), k=int(d["k"]), seed=seed, epoch=d["epoch"]
-        )
-        if world_size > 1:
-            batches = GlobalBatchShard(batches, rank, world_size)
-        train_loader = CachedTrainLoader(
-            dataset.train,
-            batches,
-            BatchAugment(**size, **augment),
-            mode,
-            device,
-            int(d["num_workers"]),
-            rank,
-            world_size,
-        )
-    query_loader, gallery_loader = build_test_loaders(
-        dataset,
-        **size,
-        batch_size=int(d["test_batch_size"]),
-        num_workers=int(d["num_workers"]),
-        normalize=bool(d["normalize"]),
-    )
+        train_loader = _cached_train_loader(d, dataset, seed, rank, world_size, device)
+    query_loader, gallery_loader = _test_loaders(d, dataset)
     if world_size > 1:
         query_loader = shard_test_loader(query_loader, rank, world_size)
         gallery_loader = shard_test_loader(gallery_loader, rank, world_size)
     return train_loader, query_loader, gallery_loader
+
+
+def build_eval_loaders(data: DataSection | Mapping[str, Any]) -> tuple[ReIDDataset, DataLoader, DataLoader]:
+    """``(dataset, query_loader, gallery_loader)`` of a configuration (no training loader)."""
+    d = _read(data, DataSection)
+    dataset = build_dataset(d)
+    query_loader, gallery_loader = _test_loaders(d, dataset)
+    return dataset, query_loader, gallery_loader
+
+
+def target_config(cfg: dict[str, Any], dataset: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """A run's configuration pointed at data set ``dataset`` under ``data_root`` (None: the run's own).
+
+    Another data set needs its root; its reader options start empty and its test split is used
+    (no validation hold-out). The image size, model and evaluation settings stay the run's.
+    Raises ``ValueError`` (``ConfigError`` for an unknown data set name) naming the problem.
+    """
+    cfg = copy.deepcopy(cfg)
+    data = cfg["data"]
+    if dataset is not None and dataset.lower() != str(data["dataset"]).lower():
+        if data_root is None:
+            raise ValueError(f"--dataset {dataset} is not the run's data set ({data['dataset']}): give its --data-root")
+        data.update(dataset=dataset, options={}, val_ids=0)
+    if data_root is not None:
+        data["root"] = str(data_root)
+    validate(cfg)
+    return cfg

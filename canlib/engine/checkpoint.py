@@ -10,13 +10,15 @@ bad input (exit code 2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,10 +48,8 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
@@ -58,7 +58,7 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
     """Why weights-only loading refused ``path``: the globals it would have called, in one line."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not a zip file (a raw pickle): the refusal's own words
+    except Exception:
         names = []
     if names and all(n.startswith("numpy.") for n in names):
         return (

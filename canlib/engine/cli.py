@@ -14,6 +14,7 @@ from pathlib import Path
 
 from canlib.config import ConfigError, load_config
 from canlib.engine.checkpoint import CHECKPOINT
+from canlib.metrics import AP_VARIANTS, METRICS
 
 # A child of the package logger "canlib": `python -m canlib` sets up the handlers (logging.basicConfig in
 # canlib/__main__.py) and torchrun ranks other than 0 quiet "canlib" to warnings (canlib/engine/distributed.py).
@@ -194,8 +195,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--data-root", help="the target data set's root (or the run's own, if it moved since training)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--metric", choices=["cosine", "euclidean", "sqeuclidean"])
-    e.add_argument("--ap", choices=["step", "trapezoid"], help="AP variant (default: the run's)")
+    e.add_argument("--metric", choices=METRICS)
+    e.add_argument("--ap", choices=AP_VARIANTS, help="AP variant (default: the run's)")
     e.add_argument("--flip-tta", action="store_true", help="average with the mirrored image (beyond the paper)")
     e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (beyond the paper)")
     e.add_argument(

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -36,6 +37,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
 log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=nn.Module)
+#: What :func:`eval_gatherer` returns: (features, pids, camids) of this rank -> of every rank.
+Gather = Callable[[torch.Tensor, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,13 @@ class GatherLayer(torch.autograd.Function):
     gradients of every rank's copy and returns this rank's slice."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(out, x.contiguous())
         return tuple(out)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([g.contiguous() for g in grads])
         dist.all_reduce(stacked)
         return stacked[dist.get_rank()]
@@ -154,10 +159,10 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     padded[: x.shape[0]] = x
     out = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(out, padded)
-    return torch.cat([o[: int(c)] for o, c in zip(out, counts)])
+    return torch.cat([o[: int(c)] for o, c in zip(out, counts, strict=True)])
 
 
-def eval_gatherer(device: torch.device):
+def eval_gatherer(device: torch.device) -> Gather:
     """A ``gather`` for :func:`canlib.engine.evaluate.evaluate_model`: every rank's extracted
     (features, pids, camids), concatenated in rank order (= record order, see :func:`shard_test_loader`)."""
 
@@ -166,8 +171,8 @@ def eval_gatherer(device: torch.device):
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         f = all_gather_rows(feats.to(device)).cpu()
         ids = torch.as_tensor(np.stack([pids, camids], 1).astype(np.int64), device=device)
-        ids = all_gather_rows(ids).cpu().numpy()
-        return f, ids[:, 0], ids[:, 1]
+        gathered = all_gather_rows(ids).cpu().numpy()
+        return f, gathered[:, 0], gathered[:, 1]
 
     return gather
 
@@ -227,7 +232,10 @@ def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def shard_test_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
     """An ordered loader over rank ``rank``'s contiguous block of the records."""
-    start, stop = shard_bounds(len(loader.dataset), rank, world_size)
+    records = loader.dataset
+    if not isinstance(records, Sized):
+        raise TypeError(f"shard_test_loader needs a data set with a length, got {type(records).__name__}")
+    start, stop = shard_bounds(len(records), rank, world_size)
     return DataLoader(
         Subset(loader.dataset, range(start, stop)),
         batch_size=loader.batch_size,
@@ -242,13 +250,13 @@ def shard_test_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoa
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         dist.all_reduce(x)
         return x
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         dist.all_reduce(grad)
         return grad
@@ -281,20 +289,29 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
-                self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
-                self.num_batches_tracked.add_(1)
+            self._update_running_stats(mean, var, n)
         return y
 
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
+        """Running statistics with the global batch's mean and unbiased variance (``n`` values per channel)."""
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        assert running_mean is not None and running_var is not None and tracked is not None  # track_running_stats
+        m = self.momentum if self.momentum is not None else 1.0 / float(tracked + 1)
+        running_mean.mul_(1 - m).add_(m * mean.detach())
+        running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+        tracked.add_(1)
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+
+def convert_sync_batchnorm(model: _M, device: torch.device) -> _M:
     """Every BatchNorm of ``model`` synchronised over the process group: ``nn.SyncBatchNorm``
-    on CUDA, :class:`GlooSyncBatchNorm` on the CPU (same parameters, buffers and state-dict keys)."""
+    on CUDA, :class:`GlooSyncBatchNorm` on the CPU (same parameters, buffers and state-dict keys).
+
+    ``model`` itself is returned, its BatchNorm children replaced (a network, not a lone BatchNorm).
+    """
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert_gloo(model)
+        return cast(_M, nn.SyncBatchNorm.convert_sync_batchnorm(model))
+    return cast(_M, _convert_gloo(model))
 
 
 def _convert_gloo(module: nn.Module) -> nn.Module:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from canlib.config import EvalSection
+from canlib.engine.build import build_eval_loaders, resolve_device, target_config
+from canlib.engine.checkpoint import checkpoint_path
 from canlib.metrics import evaluate_features
 
 log = logging.getLogger(__name__)
@@ -32,8 +37,8 @@ def extract_features(
     """
     model.eval()
     feats, pids, camids = [], [], []
-    for images, pid, camid in loader:
-        images = images.to(device, non_blocking=True)
+    for batch, pid, camid in loader:
+        images = batch.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -98,53 +103,30 @@ def evaluate_model(
         "metric": metric,
         "flip_tta": flip_tta,
         "rerank": rerank,
-        "num_query": int(len(q_pids)),
-        "num_gallery": int(len(g_pids)),
+        "num_query": len(q_pids),
+        "num_gallery": len(g_pids),
         "num_valid_queries": int(result.get("num_valid_queries", len(q_pids))),
         "descriptor_dim": int(qf.shape[1]),
     }
     return out
 
 
-def build_eval_loaders(cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """``(dataset, query_loader, gallery_loader)`` of a resolved configuration (no training loader)."""
-    from canlib.data import build_test_loaders
-    from canlib.engine.build import build_dataset
+def evaluation_options(
+    section: EvalSection,
+    metric: str | None = None,
+    ap: str | None = None,
+    flip_tta: bool | None = None,
+    rerank: bool | None = None,
+) -> dict[str, Any]:
+    """The ``eval`` section as :func:`evaluate_model`'s keyword arguments; a given ``metric``, ``ap``,
+    ``flip_tta`` or ``rerank`` (the ``evaluate`` command's options) replaces the section's.
 
-    d = cfg["data"]
-    dataset = build_dataset(cfg)
-    query_loader, gallery_loader = build_test_loaders(
-        dataset,
-        height=int(d["height"]),
-        width=int(d["width"]),
-        batch_size=int(d["test_batch_size"]),
-        num_workers=int(d["num_workers"]),
-        normalize=bool(d["normalize"]),
-    )
-    return dataset, query_loader, gallery_loader
-
-
-def target_config(cfg: dict[str, Any], dataset: str | None = None, data_root: str | None = None) -> dict[str, Any]:
-    """A run's configuration pointed at data set ``dataset`` under ``data_root`` (None: the run's own).
-
-    Another data set needs its root; its reader options start empty and its test split is used
-    (no validation hold-out). The image size, model and evaluation settings stay the run's.
-    Raises ``ValueError`` (``ConfigError`` for an unknown data set name) naming the problem.
+    The one place that turns the configuration into evaluation arguments: the trainer's evaluations
+    and :func:`evaluate_run` both read it.
     """
-    import copy
-
-    from canlib.config import validate
-
-    cfg = copy.deepcopy(cfg)
-    data = cfg["data"]
-    if dataset is not None and dataset.lower() != str(data["dataset"]).lower():
-        if data_root is None:
-            raise ValueError(f"--dataset {dataset} is not the run's data set ({data['dataset']}): give its --data-root")
-        data.update(dataset=dataset, options={}, val_ids=0)
-    if data_root is not None:
-        data["root"] = str(data_root)
-    validate(cfg)
-    return cfg
+    given: dict[str, Any] = {"metric": metric, "ap": ap, "flip_tta": flip_tta, "rerank": rerank}
+    section = dataclasses.replace(section, **{key: value for key, value in given.items() if value is not None})
+    return dataclasses.asdict(section)
 
 
 def evaluate_run(
@@ -167,8 +149,6 @@ def evaluate_run(
     metrics (as :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint)
     and ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
     """
-    from canlib.engine.build import resolve_device
-    from canlib.engine.checkpoint import checkpoint_path
     from canlib.engine.record import run_record
     from canlib.engine.weights import model_from_checkpoint, read_run_config
 
@@ -176,37 +156,14 @@ def evaluate_run(
     cfg = target_config(source, dataset, None if data_root is None else str(data_root))
     dev = resolve_device(device)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
-    target, query_loader, gallery_loader = build_eval_loaders(cfg)
+    _, query_loader, gallery_loader = build_eval_loaders(cfg)
     model, meta = model_from_checkpoint(cfg, ckpt, dev)
-    e = cfg["eval"]
-    options = {
-        "metric": metric or e["metric"],
-        "ap": ap or e["ap"],
-        "max_rank": int(e["max_rank"]),
-        "flip_tta": bool(e["flip_tta"]) if flip_tta is None else bool(flip_tta),
-        "rerank": bool(e["rerank"]) if rerank is None else bool(rerank),
-    }
-    metrics = evaluate_model(model, query_loader, gallery_loader, dev, chunk_size=int(e["chunk_size"]), **options)
-    split = "validation" if int(cfg["data"].get("val_ids") or 0) > 0 else "test"
+    options = evaluation_options(EvalSection.from_config(cfg), metric, ap, flip_tta, rerank)
+    metrics = evaluate_model(model, query_loader, gallery_loader, dev, **options)
+    recorded = {key: value for key, value in options.items() if key != "chunk_size"}
     result = {
         **metrics,
-        "evaluation": {
-            "source_run": str(run_dir),
-            "checkpoint": str(ckpt),
-            "epoch": meta.get("epoch"),
-            "source": {
-                "dataset": source["data"]["dataset"],
-                "root": source["data"]["root"],
-                "num_train_pids": int(model.num_classes),
-            },
-            "target": {
-                "dataset": cfg["data"]["dataset"],
-                "root": cfg["data"]["root"],
-                "split": split,
-                "options": cfg["data"]["options"],
-            },
-            "options": options,
-        },
+        "evaluation": _evaluation_record(run_dir, ckpt, meta, source, cfg, model.num_classes, recorded),
         "record": run_record(cfg, dev),
     }
     if out is not None:
@@ -221,3 +178,33 @@ def evaluate_run(
         metrics["rank1"],
     )
     return result
+
+
+def _evaluation_record(
+    run_dir: str | Path,
+    ckpt: Path,
+    meta: dict[str, Any],
+    source: dict[str, Any],
+    cfg: dict[str, Any],
+    num_train_pids: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """What :func:`evaluate_run` evaluated: the source run and checkpoint, the target split, the options."""
+    split = "validation" if int(cfg["data"].get("val_ids") or 0) > 0 else "test"
+    return {
+        "source_run": str(run_dir),
+        "checkpoint": str(ckpt),
+        "epoch": meta.get("epoch"),
+        "source": {
+            "dataset": source["data"]["dataset"],
+            "root": source["data"]["root"],
+            "num_train_pids": int(num_train_pids),
+        },
+        "target": {
+            "dataset": cfg["data"]["dataset"],
+            "root": cfg["data"]["root"],
+            "split": split,
+            "options": cfg["data"]["options"],
+        },
+        "options": options,
+    }

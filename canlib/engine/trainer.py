@@ -28,16 +28,20 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from canlib.config import DEFAULTS, ConfigError, config_hash, dump_config
+from canlib.config import DEFAULTS, ConfigError, RunSections, config_hash, dump_config
+from canlib.data import PKSampler
 from canlib.data.base import ImageReadError
+from canlib.data.cache import CachedTrainLoader
 from canlib.engine.build import (
     build_dataset,
     build_loaders,
@@ -45,7 +49,11 @@ from canlib.engine.build import (
     build_model,
     build_optimizers,
 )
+from canlib.engine.checkpoint import CHECKPOINT, checkpoint_path, load_model_state
+from canlib.engine.checkpoint import load_checkpoint as read_checkpoint
+from canlib.engine.checkpoint import save_checkpoint as write_checkpoint
 from canlib.engine.distributed import (
+    GlobalBatchShard,
     barrier,
     convert_sync_batchnorm,
     eval_gatherer,
@@ -53,10 +61,7 @@ from canlib.engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from canlib.engine.checkpoint import CHECKPOINT, load_model_state
-from canlib.engine.checkpoint import load_checkpoint as read_checkpoint
-from canlib.engine.checkpoint import save_checkpoint as write_checkpoint
-from canlib.engine.evaluate import evaluate_model
+from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.record import run_record
 from canlib.model import CAN
 
@@ -191,6 +196,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 #: The values ``train.amp`` accepts (false/null/"none" mean "off").
 AMP_MODES: tuple[Any, ...] = ("auto", "off", "fp16", "bf16", "none", False, None)
+#: The values ``train.channels_last`` accepts ("auto": on for CUDA).
+CHANNELS_LAST_MODES: tuple[Any, ...] = ("auto", True, False)
 
 
 def _amp_dtype(device: torch.device, setting: Any) -> torch.dtype | None:
@@ -204,6 +211,11 @@ def _amp_dtype(device: torch.device, setting: Any) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def _channels_last(device: torch.device, setting: Any) -> bool:
+    """The channels-last memory format: on for CUDA ("auto"), or as set."""
+    return (device.type == "cuda") if setting == "auto" else bool(setting)
 
 
 def check_input_height(height: int, model: CAN) -> None:
@@ -229,43 +241,76 @@ def _changed_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") 
     return keys
 
 
-class Trainer:
-    """Holds the objects of one run; :func:`train` is the usual entry point."""
+class _EpochSums:
+    """An epoch's loss terms summed over its images: each batch weighs its global size."""
 
-    def __init__(self, cfg: dict[str, Any], output_dir: str | Path, device: str | None = "auto") -> None:
-        self.cfg = cfg
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.seen = 0
+
+    def add(self, terms: Mapping[str, float], batch: int) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * batch
+        self.seen += batch
+
+    def postfix(self) -> dict[str, str]:
+        """The running means, for the progress bar."""
+        return {k: f"{v / self.seen:.3f}" for k, v in self.sums.items()}
+
+    def means(self) -> dict[str, float]:
+        """``loss_<term>``: the epoch's mean of each term."""
+        return {f"loss_{k}": v / max(self.seen, 1) for k, v in self.sums.items()}
+
+
+class Trainer:
+    """Holds the objects of one run; :func:`train` is the usual entry point.
+
+    ``run`` holds the typed sections of the resolved configuration (:class:`canlib.config.RunSections`);
+    :meth:`from_config` reads them from a configuration dictionary.
+    """
+
+    def __init__(self, run: RunSections, output_dir: str | Path, device: str | None = "auto") -> None:
+        if not isinstance(run, RunSections):
+            kind = type(run).__name__
+            raise TypeError(
+                f"Trainer takes RunSections, got {kind}; for a configuration dictionary use Trainer.from_config"
+            )
+        self.run = run
         self.out = Path(output_dir)
         # One process, or one of torchrun's: rank 0 alone writes files (``is_main``).
         self.dist, self.device = init_distributed(device)
         self.is_main = self.dist.is_main
-        self.seed = int(cfg["seed"])
-        train_cfg = cfg["train"]
-        seed_everything(self.seed, deterministic=bool(train_cfg["deterministic"]))
+        self.seed = run.seed
+        seed_everything(self.seed, deterministic=run.train.deterministic)
 
-        self.dataset = build_dataset(cfg)
+        self.dataset = build_dataset(run.data)
         num_classes = int(self.dataset.num_train_pids)
         self.train_loader, self.query_loader, self.gallery_loader = build_loaders(
-            cfg, self.dataset, self.seed, self.dist.rank, self.dist.world_size, self.device
+            run.data, self.dataset, self.seed, self.dist.rank, self.dist.world_size, self.device
         )
-        model = build_model(cfg, num_classes)
-        check_input_height(int(cfg["data"]["height"]), model)  # before any image is decoded or file written
-        if cfg["data"].get("verify_images", True):
+        model = build_model(run.model, num_classes)
+        check_input_height(run.data.height, model)  # before any image is decoded or file written
+        if run.data.verify_images:
             self._verify_images()
-        if self.dist.enabled and bool(train_cfg["sync_bn"]):
+        if self.dist.enabled and run.train.sync_bn:
             model = convert_sync_batchnorm(model, self.device)
         self.model = model.to(self.device)
-        self.loss = build_loss(cfg, self.model, num_classes).to(self.device)
-        self.optimizer, self.center_optimizer, self.scheduler = build_optimizers(cfg, self.model, self.loss)
+        self.loss = build_loss(run.loss, self.model, num_classes).to(self.device)
+        self.optimizer, self.center_optimizer, self.scheduler = build_optimizers(run.optim, self.model, self.loss)
 
-        self.amp_dtype = _amp_dtype(self.device, train_cfg["amp"])
+        self.amp_dtype = _amp_dtype(self.device, run.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        cl = train_cfg["channels_last"]
-        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
+        self.channels_last = _channels_last(self.device, run.train.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_model = self._training_module(bool(train_cfg["compile"]))
+        self.train_model = self._training_module(run.train.compile)
         self.epoch = 0
         self.saved_epoch: int | None = None  # the epoch of the checkpoint this run wrote or resumed from
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], output_dir: str | Path, device: str | None = "auto") -> Trainer:
+        """The trainer of a resolved configuration dictionary (:func:`canlib.config.load_config`)."""
+        return cls(RunSections.from_config(cfg), output_dir, device)
 
     def _verify_images(self) -> None:
         """Decode every image once (this process's share of them), so a corrupt file stops the run now."""
@@ -278,15 +323,15 @@ class Trainer:
             ) from None
         log.info("checked that %d images decode (%.1f s)", count, time.perf_counter() - start)
 
-    def _training_module(self, compile_model: bool) -> torch.nn.Module:
+    def _training_module(self, compile_model: bool) -> Callable[..., Any]:
         """What a training step calls: ``self.model`` in DDP (several processes), compiled if asked.
 
         ``self.model`` stays the plain module: checkpoints and evaluation use it.
         """
-        module: torch.nn.Module = self.model
+        module: Callable[..., Any] = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if compile_model:
             module = torch.compile(module)
         return module
@@ -302,11 +347,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
-            "config_hash": config_hash(self.cfg),
+            "config_hash": config_hash(self.run.config),
         }
 
     def save_checkpoint(self) -> Path:
-        path = self.out / CHECKPOINT
+        path = checkpoint_path(self.out)
         _atomic_save(self.state_dict(), path)
         return path
 
@@ -332,66 +377,94 @@ class Trainer:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7_919 * self.dist.rank)
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (at most ``train.max_batches_per_epoch`` batches); its log line's values."""
         self.model.train()
         self.loss.train()
-        loader = self.train_loader
-        loader.batch_sampler.set_epoch(epoch)
-        loader.generator = self._loader_generator(epoch)
-        cap = self.cfg["train"]["max_batches_per_epoch"]
-        total_batches = len(loader) if cap is None else min(len(loader), int(cap))
-        sums: dict[str, float] = {}
-        seen = 0
+        loader = self._epoch_loader(epoch)
+        total_batches = self._batches_per_epoch(len(loader))
+        sums = _EpochSums()
         start = time.perf_counter()
         bar = tqdm(
             total=total_batches,
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not (self.cfg["train"]["progress"] and self.is_main),
+            disable=not (self.run.train.progress and self.is_main),
             dynamic_ncols=True,
         )
         for step, (images, pids, _camids) in enumerate(loader):
             if step >= total_batches:
                 break
-            images = images.to(self.device, non_blocking=True)
-            pids = pids.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            total, terms = self.compute_loss(images, pids)
-            if not torch.isfinite(total):
-                raise TrainingDiverged(
-                    f"non-finite loss ({float(total.detach())}) at epoch {epoch}, step {step}: terms "
-                    f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; {self._kept_checkpoint()}. "
-                    "Lower optim.lr or check the input data."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.center_optimizer is not None:
-                self.center_optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            if self.center_optimizer is not None:
-                # Under fp16 loss scaling the centres' gradients are still scaled; a step the
-                # scaler skipped (inf/NaN gradients) is skipped for the centres as well.
-                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-                self.loss.rescale_center_grads(grad_scale=scale)
-                grads = [p.grad for p in self.center_optimizer.param_groups[0]["params"] if p.grad is not None]
-                if all(torch.isfinite(g).all() for g in grads):
-                    self.center_optimizer.step()
-            self.scaler.update()
-            batch = len(pids) * self.dist.world_size  # the global batch: every rank's loss is its loss
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * batch
-            seen += batch
+            sums.add(*self.train_step(images, pids, epoch, step))
             bar.update(1)
-            bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()})
+            bar.set_postfix(sums.postfix())
         bar.close()
-        elapsed = time.perf_counter() - start
+        return self._epoch_stats(epoch, sums, time.perf_counter() - start)
+
+    def _epoch_loader(self, epoch: int) -> DataLoader | CachedTrainLoader:
+        """The training loader, set to ``epoch``'s batches and worker seeds."""
+        loader = self.train_loader
+        batches = loader.batch_sampler
+        if not isinstance(batches, (PKSampler, GlobalBatchShard)):
+            raise TypeError(f"the training loader's batch sampler is a {type(batches).__name__}, not a PK sampler")
+        batches.set_epoch(epoch)
+        loader.generator = self._loader_generator(epoch)
+        return loader
+
+    def _batches_per_epoch(self, num_batches: int) -> int:
+        """The loader's batches, capped by ``train.max_batches_per_epoch``."""
+        cap = self.run.train.max_batches_per_epoch
+        return num_batches if cap is None else min(num_batches, int(cap))
+
+    def train_step(
+        self, images: torch.Tensor, pids: torch.Tensor, epoch: int, step: int
+    ) -> tuple[dict[str, float], int]:
+        """One optimisation step on a batch; its loss terms and the global batch size (every rank's images)."""
+        images = images.to(self.device, non_blocking=True)
+        pids = pids.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        total, terms = self.compute_loss(images, pids)
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"non-finite loss ({float(total.detach())}) at epoch {epoch}, step {step}: terms "
+                f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; {self._kept_checkpoint()}. "
+                "Lower optim.lr or check the input data."
+            )
+        self._optimizer_step(total)
+        return terms, len(pids) * self.dist.world_size  # the global batch: every rank's loss is its loss
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        """Backward through the (possibly fp16-scaled) loss; step the network's and the centres' optimisers."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.center_optimizer is not None:
+            self.center_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        if self.center_optimizer is not None:
+            self._center_step(self.center_optimizer)
+        self.scaler.update()
+
+    def _center_step(self, center_optimizer: torch.optim.Optimizer) -> None:
+        """Step the centres with their loss weight (and any fp16 loss scale) divided out of their gradients.
+
+        Under fp16 loss scaling the centres' gradients are still scaled; a step the scaler skipped
+        (inf/NaN gradients) is skipped for the centres as well.
+        """
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.loss.rescale_center_grads(grad_scale=scale)
+        grads = [p.grad for p in center_optimizer.param_groups[0]["params"] if p.grad is not None]
+        if all(torch.isfinite(g).all() for g in grads):
+            center_optimizer.step()
+
+    def _epoch_stats(self, epoch: int, sums: _EpochSums, elapsed: float) -> dict[str, Any]:
+        """The epoch's log line: learning rate, mean loss terms, images and speed."""
         return {
             "epoch": epoch,
             "lr": self.optimizer.param_groups[0]["lr"],
-            **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()},
-            "images": seen,
+            **sums.means(),
+            "images": sums.seen,
             "seconds": elapsed,
-            "images_per_s": seen / elapsed if elapsed > 0 else math.nan,
+            "images_per_s": sums.seen / elapsed if elapsed > 0 else math.nan,
         }
 
     def compute_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -408,7 +481,7 @@ class Trainer:
         )
 
     def evaluate(self) -> dict[str, Any]:
-        e = self.cfg["eval"]
+        """Evaluate the model on the query/gallery split with the ``eval`` section's settings."""
         if self.dist.enabled:  # rank 0's BatchNorm statistics on every rank: one model evaluated
             for buf in self.model.buffers():
                 torch.distributed.broadcast(buf, src=0)
@@ -419,12 +492,7 @@ class Trainer:
             self.query_loader,
             self.gallery_loader,
             self.device,
-            metric=e["metric"],
-            ap=e["ap"],
-            max_rank=int(e["max_rank"]),
-            flip_tta=bool(e["flip_tta"]),
-            rerank=bool(e["rerank"]),
-            chunk_size=int(e["chunk_size"]),
+            **evaluation_options(self.run.eval),
             amp_dtype=self.amp_dtype,
             channels_last=self.channels_last,
             gather=eval_gatherer(self.device) if self.dist.enabled else None,
@@ -440,7 +508,7 @@ class Trainer:
         epoch, so ``log.jsonl`` matches the checkpoint whenever the process dies.
         """
         check_output_dir(self.out, resume=resume, overwrite=overwrite)
-        ckpt = self.out / CHECKPOINT
+        ckpt = checkpoint_path(self.out)
         log_path = self.out / "log.jsonl"
         if resume and ckpt.is_file():
             self._check_resumable()
@@ -453,29 +521,10 @@ class Trainer:
             self._start_files(log_path, overwrite)
         log.info("%s", self.dataset.summary())
 
-        epochs = int(self.cfg["optim"]["epochs"])
-        eval_every = int(self.cfg["train"]["eval_every"] or 0)
-        every = max(int(self.cfg["train"]["checkpoint_every"]), 1)
+        epochs = self.run.optim.epochs
         try:
             while self.epoch < epochs:
-                stats = self.train_one_epoch(self.epoch + 1)
-                self.scheduler.step()
-                self.epoch += 1
-                if eval_every and self.epoch % eval_every == 0 and self.epoch < epochs:
-                    stats["eval"] = {k: v for k, v in self.evaluate().items() if k != "cmc"}
-                if self.is_main:  # the line first: a resume drops it if its checkpoint never came
-                    _append_line(log_path, stats)
-                if self.epoch % every == 0 or self.epoch == epochs:
-                    if self.is_main:
-                        self.save_checkpoint()
-                    self.saved_epoch = self.epoch
-                log.info(
-                    "epoch %d/%d  %s  %.1f img/s",
-                    self.epoch,
-                    epochs,
-                    " ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("loss_")),
-                    stats["images_per_s"],
-                )
+                self._run_epoch(epochs, log_path)
         except KeyboardInterrupt as exc:
             raise TrainingInterrupted(
                 f"interrupted after {self.epoch} of {epochs} epochs; {self._kept_checkpoint()}",
@@ -487,11 +536,33 @@ class Trainer:
         log.info("final: mAP %.4f  rank-1 %.4f  mINP %.4f", metrics["mAP"], metrics["rank1"], metrics["mINP"])
         return metrics
 
+    def _run_epoch(self, epochs: int, log_path: Path) -> None:
+        """Train the next epoch; evaluate it (``train.eval_every``), log it, then checkpoint it when due."""
+        stats = self.train_one_epoch(self.epoch + 1)
+        self.scheduler.step()
+        self.epoch += 1
+        eval_every = self.run.train.eval_every
+        if eval_every and self.epoch % eval_every == 0 and self.epoch < epochs:
+            stats["eval"] = {k: v for k, v in self.evaluate().items() if k != "cmc"}
+        if self.is_main:  # the line first: a resume drops it if its checkpoint never came
+            _append_line(log_path, stats)
+        if self.epoch % max(self.run.train.checkpoint_every, 1) == 0 or self.epoch == epochs:
+            if self.is_main:
+                self.save_checkpoint()
+            self.saved_epoch = self.epoch
+        log.info(
+            "epoch %d/%d  %s  %.1f img/s",
+            self.epoch,
+            epochs,
+            " ".join(f"{k[5:]}={v:.4f}" for k, v in stats.items() if k.startswith("loss_")),
+            stats["images_per_s"],
+        )
+
     def _kept_checkpoint(self) -> str:
         """Which checkpoint a stopped run leaves behind (for the error messages)."""
         if self.saved_epoch is None:
             return "no checkpoint was written yet, so there is nothing to resume"
-        return f"the last good checkpoint (end of epoch {self.saved_epoch}) is kept at {self.out / CHECKPOINT}"
+        return f"the last good checkpoint (end of epoch {self.saved_epoch}) is kept at {checkpoint_path(self.out)}"
 
     def _check_resumable(self) -> None:
         """The run in the folder has this configuration (up to RESUMABLE_CHANGES) and this data."""
@@ -502,7 +573,9 @@ class Trainer:
                 f"cannot resume {self.out}: its config.yaml cannot be read ({error_line(exc)})"
             ) from None
         changed = [
-            k for k in _changed_keys(_fill_defaults(DEFAULTS, saved or {}), self.cfg) if k not in RESUMABLE_CHANGES
+            k
+            for k in _changed_keys(_fill_defaults(DEFAULTS, saved or {}), self.run.config)
+            if k not in RESUMABLE_CHANGES
         ]
         if changed:
             raise ValueError(
@@ -526,16 +599,16 @@ class Trainer:
     def _start_files(self, log_path: Path, overwrite: bool) -> None:
         """The first writes of a run: clear a replaced run, trim or start the log, record config and run."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if overwrite or self.epoch < int(self.cfg["optim"]["epochs"]):  # metrics.json will be rewritten
+        if overwrite or self.epoch < self.run.optim.epochs:  # metrics.json will be rewritten
             (self.out / "metrics.json").unlink(missing_ok=True)
         if self.epoch == 0:
-            (self.out / CHECKPOINT).unlink(missing_ok=True)  # a replaced run's, if any
+            checkpoint_path(self.out).unlink(missing_ok=True)  # a replaced run's, if any
             log_path.write_text("")
         elif log_path.is_file():
             _trim_log(log_path, self.epoch)
-        dump_config(self.cfg, self.out / "config.yaml")
+        dump_config(self.run.config, self.out / "config.yaml")
         record = {
-            **run_record(self.cfg, self.device),
+            **run_record(dict(self.run.config), self.device),
             "distributed": self.dist.record(),
             "data": {"statistics": self.dataset.statistics()},
         }  # what a resume compares
@@ -544,7 +617,7 @@ class Trainer:
     def _final_evaluation(self) -> dict[str, Any]:
         """Evaluate the trained model; on failure the checkpoint is kept and the error says how to finish."""
         finish = (
-            f"the checkpoint of epoch {self.epoch} is kept at {self.out / CHECKPOINT}: once the cause is "
+            f"the checkpoint of epoch {self.epoch} is kept at {checkpoint_path(self.out)}: once the cause is "
             f"fixed, rerun the same train command with --resume (it only evaluates) or run "
             f"`python -m canlib evaluate --run {self.out}`"
         )
@@ -596,7 +669,7 @@ def train(
     """
     check_output_dir(Path(output_dir), resume=resume, overwrite=overwrite)
     try:
-        metrics = Trainer(cfg, output_dir, device).fit(resume=resume, overwrite=overwrite)
+        metrics = Trainer.from_config(cfg, output_dir, device).fit(resume=resume, overwrite=overwrite)
     except BaseException:
         shutdown_distributed(wait=False)  # torchrun stops the other processes
         raise

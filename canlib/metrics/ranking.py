@@ -94,8 +94,8 @@ def _value_keys(match_values: np.ndarray, cand_values: np.ndarray) -> tuple[np.n
     if both.dtype.kind == "f":
         both = both + both.dtype.type(0.0)  # -0.0 == +0.0
     _, inverse = np.unique(both, return_inverse=True)
-    inverse = inverse.astype(np.uint32).ravel()
-    return inverse[: match_values.size], inverse[match_values.size :]
+    keys = inverse.astype(np.uint32).ravel()
+    return keys[: match_values.size], keys[match_values.size :]
 
 
 def match_ranks(
@@ -135,10 +135,29 @@ def match_ranks(
     match_values = dist[rows, cols]
     if np.isnan(match_values).any():
         raise ValueError("the distance matrix holds NaN at a true-match entry; ranks are undefined")
-
-    # the farthest true match of every query bounds the negatives that can precede a match
-    has = num_matches > 0
     starts = np.cumsum(num_matches) - num_matches
+    cand_rows, cand_cols, cand_values = _negatives_within_reach(
+        dist, q_pids, gallery, match_values, num_matches, starts
+    )
+    negatives_before = _negatives_before(
+        (rows, cols, match_values), (cand_rows, cand_cols, cand_values), starts, gallery.index_bits
+    )
+    within = np.arange(rows.size) - starts[rows]
+    return num_matches, within + 1 + negatives_before
+
+
+def _negatives_within_reach(
+    dist: np.ndarray,
+    q_pids: np.ndarray,
+    gallery: GalleryIndex,
+    match_values: np.ndarray,
+    num_matches: np.ndarray,
+    starts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, gallery index, distance) of every valid negative at a distance <= its query's farthest
+    true match: the only negatives that can rank before a match (one comparison pass over the block)."""
+    c, g = dist.shape
+    has = num_matches > 0
     threshold_dtype = dist.dtype if dist.dtype.kind == "f" else np.float64
     threshold = np.full(c, np.nan, dtype=threshold_dtype)  # NaN compares False: no candidate
     threshold[has] = np.maximum.reduceat(match_values, starts[has])
@@ -149,13 +168,24 @@ def match_ranks(
     negative = gallery.pids[cand_cols] != q_pids[cand_rows]  # drops matches and removed items
     if gallery.has_junk:
         negative &= ~gallery.junk[cand_cols]
-    cand_rows, cand_cols = cand_rows[negative], cand_cols[negative]
-    cand_values = dist.reshape(-1)[flat[negative]]
+    return cand_rows[negative], cand_cols[negative], dist.reshape(-1)[flat[negative]]
 
+
+def _negatives_before(
+    matches: tuple[np.ndarray, np.ndarray, np.ndarray],
+    candidates: tuple[np.ndarray, np.ndarray, np.ndarray],
+    starts: np.ndarray,
+    index_bits: int,
+) -> np.ndarray:
+    """For every true match (row, gallery index, distance), the number of candidate negatives that
+    rank before it: one ``searchsorted`` of packed keys ``(row, distance key, gallery index)``."""
+    rows, cols, match_values = matches
+    cand_rows, cand_cols, cand_values = candidates
+    c = starts.size
     # packed keys (row, distance key, gallery index): lexicographic = the ranking order
     match_keys, cand_keys = _value_keys(match_values, cand_values)
-    shift_value = np.int64(gallery.index_bits)
-    shift_row = np.int64(gallery.index_bits + _VALUE_BITS)
+    shift_value = np.int64(index_bits)
+    shift_row = np.int64(index_bits + _VALUE_BITS)
 
     def pack(r: np.ndarray, k: np.ndarray, col: np.ndarray) -> np.ndarray:
         return (r.astype(np.int64) << shift_row) | (k.astype(np.int64) << shift_value) | col.astype(np.int64)
@@ -166,6 +196,4 @@ def match_ranks(
     # counts the negatives that rank after exactly j of its matches
     counts = np.bincount(position + cand_rows, minlength=rows.size + c)
     cumulative = np.concatenate([[0], np.cumsum(counts)])
-    within = np.arange(rows.size) - starts[rows]
-    negatives_before = cumulative[np.arange(rows.size) + rows + 1] - cumulative[starts[rows] + rows]
-    return num_matches, within + 1 + negatives_before
+    return cumulative[np.arange(rows.size) + rows + 1] - cumulative[starts[rows] + rows]

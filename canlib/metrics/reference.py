@@ -23,15 +23,15 @@ from canlib.metrics.ranking import JUNK_PID
 from canlib.metrics.reid import AP_VARIANTS
 
 __all__ = [
-    "MARKET_JUNK_FRACTION",
     "MARKET_DISTRACTOR_FRACTION",
+    "MARKET_JUNK_FRACTION",
     "MARKET_SIZE",
     "make_market_like",
     "reference_evaluate",
 ]
 
 #: Market-1501's test split: 3,368 queries, 15,913 gallery images, 751 gallery ids, 6 cameras.
-MARKET_SIZE: dict[str, int] = dict(num_query=3368, num_gallery=15913, num_ids=751, num_cams=6)
+MARKET_SIZE: dict[str, int] = {"num_query": 3368, "num_gallery": 15913, "num_ids": 751, "num_cams": 6}
 #: Shares of junk (3,819) and distractor (2,798) files among the 19,732 of bounding_box_test.
 MARKET_JUNK_FRACTION = 3819 / 19732
 MARKET_DISTRACTOR_FRACTION = 2798 / 19732
@@ -138,11 +138,11 @@ def make_market_like(
         f[~real] += rng.standard_normal((int((~real).sum()), dim))
         return f.astype(np.float32)
 
-    return dict(
-        qf=features(q_pids, q_cams),
-        gf=features(g_pids, g_cams),
-        q_pids=q_pids,
-        g_pids=g_pids,
-        q_camids=q_cams,
-        g_camids=g_cams,
-    )
+    return {
+        "qf": features(q_pids, q_cams),
+        "gf": features(g_pids, g_cams),
+        "q_pids": q_pids,
+        "g_pids": g_pids,
+        "q_camids": q_cams,
+        "g_camids": g_cams,
+    }

@@ -22,13 +22,14 @@ which counts instead of sorting.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from canlib.metrics.distance import ArrayLike, GalleryDistances, as_tensor, pairwise_distance, to_numpy
 from canlib.metrics.ranking import JUNK_PID, GalleryIndex, match_ranks
+from canlib.metrics.rerank import RerankOptions, k_reciprocal_rerank
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,30 @@ class _Accumulator:
         return out
 
 
+class _Labels(NamedTuple):
+    """Query and gallery pids and cameras as flat int64 arrays."""
+
+    qp: np.ndarray
+    gp: np.ndarray
+    qc: np.ndarray
+    gc: np.ndarray
+
+
+def _labels(
+    nq: int, ng: int, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike
+) -> _Labels:
+    """The ids of ``nq`` queries and ``ng`` gallery items; ``ValueError`` naming an array of another length."""
+    qp, gp = _ids(q_pids, "q_pids", nq), _ids(g_pids, "g_pids", ng)
+    qc, gc = _ids(q_camids, "q_camids", nq), _ids(g_camids, "g_camids", ng)
+    return _Labels(qp, gp, qc, gc)
+
+
+def _result(acc: _Accumulator, max_rank: int, return_per_query: bool, protocol: str) -> dict[str, Any]:
+    out = acc.result(max_rank, return_per_query)
+    out["protocol"] = protocol
+    return out
+
+
 def _check_common(max_rank: int, protocol: str) -> None:
     if max_rank < 1:
         raise ValueError("max_rank must be at least 1")
@@ -160,15 +185,13 @@ def evaluate(
     if dist.ndim != 2:
         raise ValueError(f"distmat must be (Q, G); got shape {dist.shape}")
     nq, ng = dist.shape
-    qp, gp = _ids(q_pids, "q_pids", nq), _ids(g_pids, "g_pids", ng)
-    qc, gc = _ids(q_camids, "q_camids", nq), _ids(g_camids, "g_camids", ng)
-    gallery = GalleryIndex(gp, gc)
+    ids = _labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
+    gallery = GalleryIndex(ids.gp, ids.gc)
     acc = _Accumulator(ap)
-    _rank_blocks(dist, qp, qc, gallery, acc, block_rows)
-    out = acc.result(max_rank, return_per_query)
-    out["protocol"] = protocol
+    _rank_blocks(dist, ids.qp, ids.qc, gallery, acc, block_rows)
+    out = _result(acc, max_rank, return_per_query, protocol)
     if protocol == "cuhk03_classic":
-        out["cmc"] = _single_shot_cmc(dist, qp, gp, qc, gc, max_rank, repeats, seed)
+        out["cmc"] = _single_shot_cmc(dist, ids.qp, ids.gp, ids.qc, ids.gc, max_rank, repeats, seed)
     return out
 
 
@@ -225,7 +248,7 @@ def evaluate_features(
     protocol: str = "market",
     block_rows: int = DEFAULT_BLOCK_ROWS,
     return_per_query: bool = False,
-    rerank_kwargs: dict[str, float] | None = None,
+    rerank_kwargs: RerankOptions | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` straight from (Q, D) query and (G, D) gallery features.
 
@@ -241,19 +264,8 @@ def evaluate_features(
     """
     _check_common(max_rank, protocol)
     q, g = as_tensor(qf), as_tensor(gf)
-    nq, ng = q.shape[0], g.shape[0]
     if rerank or protocol != "market":
-        dist = pairwise_distance(q, g, metric=metric, chunk_size=chunk_size)
-        if rerank:
-            from canlib.metrics.rerank import k_reciprocal_rerank
-
-            log.info("k-reciprocal re-ranking of %d x %d (memory grows as (Q+G)^2)", nq, ng)
-            dist = k_reciprocal_rerank(
-                dist,
-                pairwise_distance(q, q, metric=metric, chunk_size=chunk_size),
-                pairwise_distance(g, g.to(q.device), metric=metric, chunk_size=chunk_size),
-                **(rerank_kwargs or {}),
-            )
+        dist = _full_distances(q, g, metric, chunk_size, rerank, rerank_kwargs)
         out = evaluate(
             dist,
             q_pids,
@@ -268,18 +280,32 @@ def evaluate_features(
         )
         out["rerank"] = rerank
         return out
-    qp, gp = _ids(q_pids, "q_pids", nq), _ids(g_pids, "g_pids", ng)
-    qc, gc = _ids(q_camids, "q_camids", nq), _ids(g_camids, "g_camids", ng)
-    gallery = GalleryIndex(gp, gc)
+    ids = _labels(q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids)
+    gallery = GalleryIndex(ids.gp, ids.gc)
     acc = _Accumulator(ap)
     step = max(1, int(chunk_size))
     with torch.no_grad():
         distances = GalleryDistances(g.to(q.device), metric)
-        for s in range(0, nq, step):
+        for s in range(0, q.shape[0], step):
             block = distances(q[s : s + step])
-            _rank_blocks(to_numpy(block), qp[s : s + step], qc[s : s + step], gallery, acc, block_rows)
+            _rank_blocks(to_numpy(block), ids.qp[s : s + step], ids.qc[s : s + step], gallery, acc, block_rows)
             del block
-    out = acc.result(max_rank, return_per_query)
-    out["protocol"] = protocol
+    out = _result(acc, max_rank, return_per_query, protocol)
     out["rerank"] = False
     return out
+
+
+def _full_distances(
+    q: torch.Tensor, g: torch.Tensor, metric: str, chunk_size: int, rerank: bool, rerank_kwargs: RerankOptions | None
+) -> ArrayLike:
+    """The whole (Q, G) distance matrix, k-reciprocally re-ranked with ``rerank``."""
+    dist = pairwise_distance(q, g, metric=metric, chunk_size=chunk_size)
+    if not rerank:
+        return dist
+    log.info("k-reciprocal re-ranking of %d x %d (memory grows as (Q+G)^2)", q.shape[0], g.shape[0])
+    return k_reciprocal_rerank(
+        dist,
+        pairwise_distance(q, q, metric=metric, chunk_size=chunk_size),
+        pairwise_distance(g, g.to(q.device), metric=metric, chunk_size=chunk_size),
+        **(rerank_kwargs or {}),
+    )

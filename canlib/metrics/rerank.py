@@ -18,12 +18,22 @@ Memory and time grow as (Q + G)^2: fine for CUHK03 or Market, not for MSMT17.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from canlib.metrics.distance import ArrayLike, to_numpy
 
 EXPANSION_OVERLAP = 2.0 / 3.0
 """Zhong et al.'s condition for adding R(q, k/2) to R*(p, k)."""
+
+
+class RerankOptions(TypedDict, total=False):
+    """The settings of :func:`k_reciprocal_rerank` (any may be left out: its default)."""
+
+    k1: int
+    k2: int
+    lambda_value: float
 
 
 def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
@@ -62,7 +72,7 @@ def k_reciprocal_rerank(
     n = dist.shape[0]
 
     reciprocal = _reciprocal(dist, k1)
-    half = _reciprocal(dist, int(round(k1 / 2)))
+    half = _reciprocal(dist, round(k1 / 2))
     # overlap[p, q] = |R(p, k1) & R(q, k1/2)|
     overlap = reciprocal.astype(np.float64) @ half.T.astype(np.float64)
     expand = reciprocal & (overlap >= EXPANSION_OVERLAP * half.sum(1)[None, :])

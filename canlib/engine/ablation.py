@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import yaml
-
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
 from canlib.engine.record import (
@@ -177,18 +175,11 @@ def freshness(run_dir: str | Path, current: CheckoutState | None = None) -> str:
         record = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         return "unknown"
-    inputs = [f"{key} (file changed)" for key in changed_inputs(record, _saved_config(Path(run_dir)))]
+    inputs = [f"{key} (file changed)" for key in changed_inputs(record, run_dir)]
     if record.get("code_fingerprint") == fingerprint:
         return ", ".join(inputs)
     changed = changed_modules(record, modules, equivalences)
     return "unknown" if changed is None else ", ".join(changed + inputs)
-
-
-def _saved_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
 
 
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:

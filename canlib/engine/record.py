@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
@@ -309,10 +310,19 @@ def input_files(cfg: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def changed_inputs(record: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    """The recorded input files whose bytes differ now (runs recorded without hashes: none)."""
+def changed_inputs(record: dict[str, Any], run_dir: str | os.PathLike[str]) -> list[str]:
+    """The input files a recorded run hashed whose bytes differ now, read through the run's saved
+    ``config.yaml``. Runs recorded without hashes have none to compare: their configuration is
+    not read and no file is hashed."""
+    recorded = record.get("inputs") or {}
+    if not recorded:
+        return []
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
     now = input_files(cfg)
-    return sorted(k for k, v in (record.get("inputs") or {}).items() if now.get(k) != v)
+    return sorted(k for k, v in recorded.items() if now.get(k) != v)
 
 
 def run_record(cfg: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:

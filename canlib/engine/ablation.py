@@ -31,14 +31,13 @@ from canlib.engine.record import (
     changed_inputs,
     changed_modules,
     code_fingerprint,
+    copy_record,
     load_equivalences,
     module_fingerprints,
 )
 
 log = logging.getLogger(__name__)
 
-#: Files copied from a run folder into ``results/`` (checkpoints stay out of git).
-RECORDED_FILES = ("config.yaml", "run.json", "log.jsonl", "metrics.json")
 METRIC_KEYS = ("mAP", "rank1", "rank3", "rank5", "rank10", "mINP")
 
 
@@ -268,11 +267,7 @@ def run_grid(
         if run_dir.exists() and (force or (_is_stale(run_dir, current) and not any_code)):
             shutil.rmtree(run_dir)
         _train_subprocess(cfg, run_dir, device, threads)
-        dest = results_dir / key
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in RECORDED_FILES:
-            shutil.copy2(run_dir / name, dest / name)
-        log.info("recorded %s", dest)
+        log.info("recorded %s", copy_record(run_dir, results_dir / key))
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         list(pool.map(work, todo.items()))

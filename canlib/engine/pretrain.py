@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 
 from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.record import copy_record
 from canlib.engine.weights import model_from_checkpoint, read_run_config
 from canlib.model import CAN
 
 log = logging.getLogger(__name__)
-
-#: Files of the pre-training run copied beside the trunk's weights.
-RECORDED_FILES = ("config.yaml", "run.json", "log.jsonl", "metrics.json")
 
 
 def trunk_state_dict(model: CAN, branch: str = "part1") -> dict[str, torch.Tensor]:
@@ -52,10 +49,7 @@ def export_trunk(run_dir: str | Path, out: str | Path) -> Path:
     model, _ = model_from_checkpoint(cfg, checkpoint_path(run_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(trunk_state_dict(model), out)
-    record_dir = out.with_suffix("")
-    record_dir.mkdir(parents=True, exist_ok=True)
-    for name in RECORDED_FILES:
-        shutil.copy2(run_dir / name, record_dir / name)
+    record_dir = copy_record(run_dir, out.with_suffix(""))
     meta = Path(str(cfg["data"]["root"])) / "meta.json"
     if meta.is_file():  # a generated set: how to regenerate it, and its counts (not its file lists)
         data = json.loads(meta.read_text())

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,19 @@ def changed_inputs(record: dict[str, Any], run_dir: str | os.PathLike[str]) -> l
         cfg = {}
     now = input_files(cfg)
     return sorted(k for k, v in recorded.items() if now.get(k) != v)
+
+
+#: Files copied from a run folder into ``results/`` (checkpoints stay out of git).
+RECORDED_FILES = ("config.yaml", "run.json", "log.jsonl", "metrics.json")
+
+
+def copy_record(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy a finished run's record (:data:`RECORDED_FILES`) from its working folder to ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RECORDED_FILES:
+        shutil.copy2(Path(run_dir) / name, dest / name)
+    return dest
 
 
 def run_record(cfg: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from canlib.complexity import count_parameters, forward_flops
+from canlib.book.complexity import count_parameters, forward_flops
 from canlib.losses import CANLoss
 from canlib.model import CAN
 from canlib.paper import LOSS_ROWS

@@ -5,7 +5,7 @@ On a CUDA machine it measures, in one run:
 * training steps of the paper profile's CAN (384x128, batch 8x4, bf16 autocast, channels_last)
   beside a plain ResNet50 with last stride 1, on random tensors, with ``torch.compile`` off and
   on (the trainer's ``train.compile``): images/s, achieved TFLOP/s (training FLOPs = 3 x the
-  forward FLOPs counted by :mod:`canlib.complexity`), peak GPU memory;
+  forward FLOPs counted by :mod:`canlib.book.complexity`), peak GPU memory;
 * the trainer end to end on a synthetic set made on the fly by ``make_synthetic`` (a temp dir),
   with the decoded-image cache on the device (``data.cache=device``);
 * a Market-sized evaluation on the device: 3,368 x 15,913 random descriptors through
@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import StrideOneResNet, make_step
 
-from canlib.complexity import model_complexity
+from canlib.book.complexity import model_complexity
 from canlib.config import load_config
 from canlib.data import make_synthetic
 from canlib.engine.build import build_loss, build_model

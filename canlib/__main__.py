@@ -16,11 +16,11 @@ from collections.abc import Sequence
 _COMMAND_MODULES = (
     "canlib.data.synthetic",  # make-synthetic
     "canlib.engine.cli",  # train, evaluate
-    "canlib.engine.ablation",  # ablate
+    "canlib.lab.grid",  # ablate
     "canlib.engine.weights",  # export
-    "canlib.engine.pretrain",  # export-trunk
-    "canlib.engine.decide",  # decide
-    "canlib.engine.certify",  # certify
+    "canlib.lab.pretrain",  # export-trunk
+    "canlib.lab.decide",  # decide
+    "canlib.lab.certify",  # certify
 )
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from canlib.analysis import judge_claims, summarize
+from canlib.lab.analysis import judge_claims, summarize
 from canlib.config import config_hash
 from canlib.engine import ablation
-from canlib.engine.ablation import ablation_rows, resolve, run_grid
+from canlib.lab.grid import ablation_rows, resolve, run_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

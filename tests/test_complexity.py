@@ -1,11 +1,11 @@
-"""canlib.complexity's counting helpers against hand arithmetic."""
+"""canlib.book.complexity's counting helpers against hand arithmetic."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from canlib.complexity import count_parameters, forward_flops
+from canlib.book.complexity import count_parameters, forward_flops
 
 
 def test_forward_flops_counts_a_multiply_add_as_two_and_returns_the_output():

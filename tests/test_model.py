@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canlib.complexity import complexity_table, model_complexity
+from canlib.book.complexity import complexity_table, model_complexity
 from canlib.model import CAN, CANOutput, CosineClassifier, count_features
 from canlib.paper import PART_PATTERNS
 

@@ -1,4 +1,4 @@
-"""canlib.probe: row support of pooled features, and CA switched off on a live branch."""
+"""canlib.book.probe: row support of pooled features, and CA switched off on a live branch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from canlib.attention import CollaborativeAttention
 from canlib.model import CANBranch
-from canlib.probe import collaborative_attention, feature_row_support
+from canlib.book.probe import collaborative_attention, feature_row_support
 
 
 def branch(parts: int) -> CANBranch:

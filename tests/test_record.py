@@ -25,11 +25,11 @@ def test_every_listed_source_exists() -> None:
     files = training_source_files()
     names = {p.relative_to(PACKAGE_DIR).as_posix() for p in files}
     assert {"model.py", "losses.py", "engine/trainer.py", "data/sampler.py", "metrics/reid.py"} <= names
-    assert "paper.py" not in names and "engine/ablation.py" not in names
+    assert "paper.py" not in names and "lab/grid.py" not in names
     assert len(TRAINING_SOURCES) <= len(files)
 
 
-@pytest.mark.parametrize("name", ["paper.py", "complexity.py", "engine/ablation.py", "engine/cli.py", "__main__.py"])
+@pytest.mark.parametrize("name", ["paper.py", "complexity.py", "lab/grid.py", "engine/cli.py", "__main__.py"])
 def test_code_outside_training_does_not_change_it(package: Path, name: str) -> None:
     before = code_fingerprint(package)
     with (package / name).open("a") as fh:
@@ -83,7 +83,7 @@ def test_changed_modules_of_a_run_recorded_before_per_module_fingerprints() -> N
 def test_freshness_of_a_recorded_run(tmp_path: Path) -> None:
     import json
 
-    from canlib.engine.ablation import freshness
+    from canlib.lab.grid import freshness
     from canlib.engine.record import code_fingerprint, module_fingerprints
 
     run = tmp_path / "run"
@@ -140,7 +140,7 @@ def test_certify_digests_change_with_any_bit_and_name_what_differs() -> None:
 
     import torch
 
-    from canlib.engine.certify import compare_outputs, digest
+    from canlib.lab.certify import compare_outputs, digest
 
     t = torch.zeros(3)
     u = t.clone()
@@ -156,7 +156,7 @@ def test_certify_digests_change_with_any_bit_and_name_what_differs() -> None:
 def test_certify_names_changed_modules_including_added_ones(package: Path, tmp_path: Path) -> None:
     import shutil
 
-    from canlib.engine.certify import ABSENT, changed_fingerprints
+    from canlib.lab.certify import ABSENT, changed_fingerprints
 
     old = tmp_path / "old"
     shutil.copytree(package, old)
@@ -169,8 +169,8 @@ def test_certify_names_changed_modules_including_added_ones(package: Path, tmp_p
 
 def test_certify_replays_every_configuration_the_records_use() -> None:
     from canlib.config import config_hash
-    from canlib.engine.ablation import ablation_rows, resolve
-    from canlib.engine.certify import replay_configs
+    from canlib.lab.grid import ablation_rows, resolve
+    from canlib.lab.certify import replay_configs
 
     root = Path(__file__).resolve().parents[1]
     configs = replay_configs(root / "configs" / "cpu.yaml", root / "configs" / "pretrain.yaml")
@@ -186,7 +186,7 @@ def test_a_run_whose_pretrained_weights_file_changed_is_not_current(tmp_path: Pa
 
     import yaml
 
-    from canlib.engine.ablation import freshness
+    from canlib.lab.grid import freshness
     from canlib.engine.record import code_fingerprint, input_files, module_fingerprints
 
     weights = tmp_path / "trunk.pt"

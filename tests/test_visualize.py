@@ -1,4 +1,4 @@
-"""Activation maps and ranked lists (canlib.visualize)."""
+"""Activation maps and ranked lists (canlib.book.visualize)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from canlib.model import CAN
-from canlib.visualize import (
+from canlib.book.visualize import (
     activation_map,
     activation_maps,
     highlight_regions,

@@ -163,7 +163,7 @@ EQUIVALENCES = REPO_DIR / "results" / "equivalences.json"
 def load_equivalences(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """The certified equivalences: ``{"module", "from", "to", "why", "evidence"}`` entries, each
     saying that two fingerprints of one training module train bit-for-bit the same (see
-    :mod:`canlib.engine.certify`). An absent file means none."""
+    :mod:`canlib.lab.certify`). An absent file means none."""
     path = Path(EQUIVALENCES if path is None else path)
     try:
         data = json.loads(path.read_text())

@@ -128,7 +128,7 @@ def _runs_to_export(args: argparse.Namespace) -> list[Path]:
         if args.config is None or args.data_root is None:
             raise ValueError("--row needs --config and --data-root (to resolve the run's configuration hash)")
         from canlib.config import config_hash
-        from canlib.engine.ablation import ablation_rows, resolve
+        from canlib.lab.grid import ablation_rows, resolve
 
         known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
         for spec in args.row:

@@ -8,7 +8,7 @@ per-epoch log and metrics. A recorded run is reused when its configuration hash 
 it was trained by the current training code, module by module, or by code that
 ``python -m canlib certify`` showed to train bit-for-bit the same (:func:`freshness`), so
 rerunning the grid only trains what changed; ``force=True`` retrains everything. The
-statistics over seeds and the paper's claims live in :mod:`canlib.analysis`.
+statistics over seeds and the paper's claims live in :mod:`canlib.lab.analysis`.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def freshness(run_dir: str | Path, current: CheckoutState | None = None) -> str:
     a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told.
 
     A module whose change was certified to train the same (``results/equivalences.json``,
-    :mod:`canlib.engine.certify`) does not count as changed.
+    :mod:`canlib.lab.certify`) does not count as changed.
 
     ``current``: the checkout's :func:`checkout_state`, when the caller checks many runs
     (read here otherwise).
@@ -299,7 +299,7 @@ def _ablate(args) -> int:
 
     results = Path(args.results)
     pd.DataFrame(records).to_csv(results / "runs.csv", index=False)
-    from canlib.analysis import summarize
+    from canlib.lab.analysis import summarize
 
     summary = summarize(records)
     summary.table.to_csv(results / "summary.csv")

@@ -1,6 +1,6 @@
 """Statistics over recorded runs: mean ± std per table row, and the paper's claims judged on them.
 
-The grid runner (:mod:`canlib.engine.ablation`) produces one record per (row, seed): a dict
+The grid runner (:mod:`canlib.lab.grid`) produces one record per (row, seed): a dict
 with ``table``, ``row``, ``seed`` and the metrics as fractions. This module turns those
 records into the tables the book prints and tests the comparisons the paper's text draws
 (:func:`canlib.paper.paper_claims`) with a Welch statistic over seeds.

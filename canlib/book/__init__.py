@@ -142,7 +142,7 @@ def claim_verdict(holds: str, t: float, clear: float = 3.0) -> str:
 
 
 def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float = 3.0) -> pd.DataFrame:
-    """The verdicts of :func:`canlib.analysis.judge_claims`, ready for :func:`glue_table`.
+    """The verdicts of :func:`canlib.lab.analysis.judge_claims`, ready for :func:`glue_table`.
 
     ``claims``: one ``judge_claims`` frame, or ``{grid label: frame}`` for several grids judged
     on the same claims (e.g. ``{"before": ..., "now": ...}``). Returns one row per claim (index

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from canlib.analysis import summarize
-from canlib.engine.ablation import Row, run_grid
+from canlib.lab.analysis import summarize
+from canlib.lab.grid import Row, run_grid
 
 log = logging.getLogger(__name__)
 

@@ -48,12 +48,14 @@ $(DATA_ROOT)/meta.json: | $(STAMP)
 
 test: lint unit nbval
 
-# ruff (lint and format) over the package, tests and benchmarks; mypy over the package
+# ruff (lint and format) over the package, tests and benchmarks; mypy over the package; the import
+# layers of ARCHITECTURE.md (lint-imports, contracts in pyproject.toml)
 # (configuration and the justified exceptions: pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check canlib tests benchmarks
 	$(BIN)/ruff format --check canlib tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q

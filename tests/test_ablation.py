@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from canlib.lab.analysis import judge_claims, summarize
 from canlib.config import config_hash
 from canlib.lab import grid as ablation
+from canlib.lab.analysis import judge_claims, summarize
 from canlib.lab.grid import ablation_rows, resolve, run_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"

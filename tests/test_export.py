@@ -168,7 +168,7 @@ def test_parity_check_fails_loudly_beyond_its_bounds():
 
 
 def test_cross_dataset_evaluation_through_the_cli(run, other_data, tiny_data, capsys):
-    from canlib.engine.cli import evaluation_path
+    from canlib.engine.evaluate import evaluation_path
 
     argv = [
         "evaluate",

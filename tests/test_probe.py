@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from canlib.attention import CollaborativeAttention
-from canlib.model import CANBranch
 from canlib.book.probe import collaborative_attention, feature_row_support
+from canlib.model import CANBranch
 
 
 def branch(parts: int) -> CANBranch:

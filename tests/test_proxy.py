@@ -12,8 +12,8 @@ import torch
 from canlib.config import config_hash, load_config
 from canlib.data import load_dataset
 from canlib.data.split import hold_out_validation
-from canlib.lab import decide as decide_mod
 from canlib.engine.build import build_dataset, build_loss, build_model
+from canlib.lab import decide as decide_mod
 from canlib.lab.pretrain import trunk_state_dict
 from canlib.model import CAN
 

@@ -29,7 +29,7 @@ def test_every_listed_source_exists() -> None:
     assert len(TRAINING_SOURCES) <= len(files)
 
 
-@pytest.mark.parametrize("name", ["paper.py", "complexity.py", "lab/grid.py", "engine/cli.py", "__main__.py"])
+@pytest.mark.parametrize("name", ["paper.py", "complexity.py", "lab/grid.py", "cli.py", "__main__.py"])
 def test_code_outside_training_does_not_change_it(package: Path, name: str) -> None:
     before = code_fingerprint(package)
     with (package / name).open("a") as fh:
@@ -83,8 +83,8 @@ def test_changed_modules_of_a_run_recorded_before_per_module_fingerprints() -> N
 def test_freshness_of_a_recorded_run(tmp_path: Path) -> None:
     import json
 
-    from canlib.lab.grid import freshness
     from canlib.engine.record import code_fingerprint, module_fingerprints
+    from canlib.lab.grid import freshness
 
     run = tmp_path / "run"
     run.mkdir()
@@ -169,8 +169,8 @@ def test_certify_names_changed_modules_including_added_ones(package: Path, tmp_p
 
 def test_certify_replays_every_configuration_the_records_use() -> None:
     from canlib.config import config_hash
-    from canlib.lab.grid import ablation_rows, resolve
     from canlib.lab.certify import replay_configs
+    from canlib.lab.grid import ablation_rows, resolve
 
     root = Path(__file__).resolve().parents[1]
     configs = replay_configs(root / "configs" / "cpu.yaml", root / "configs" / "pretrain.yaml")
@@ -186,8 +186,8 @@ def test_a_run_whose_pretrained_weights_file_changed_is_not_current(tmp_path: Pa
 
     import yaml
 
-    from canlib.lab.grid import freshness
     from canlib.engine.record import code_fingerprint, input_files, module_fingerprints
+    from canlib.lab.grid import freshness
 
     weights = tmp_path / "trunk.pt"
     weights.write_bytes(b"weights, version 1")

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from canlib.model import CAN
 from canlib.book.visualize import (
     activation_map,
     activation_maps,
@@ -17,6 +15,8 @@ from canlib.book.visualize import (
     ranked_lists,
     to_image,
 )
+from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from canlib.model import CAN
 
 SLIM = {"backbone": "timm:resnet18", "backbone_kwargs": {"channels": (16, 32, 64, 128)}, "embed_dim": 32}
 

@@ -19,7 +19,6 @@ the difficulty knobs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -365,13 +364,13 @@ def sample_grid(
     return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST) if scale > 1 else grid
 
 
-_DESCRIPTION = (
+SYNTHETIC_DESCRIPTION = (
     "Write a Market-1501-layout folder (bounding_box_train/, query/, bounding_box_test/) of procedurally drawn "
     "people seen by several cameras, with distractors (0000_*) and junk (-1_*) in the gallery and groups of hard "
     "negatives that differ in one local detail. The same arguments give byte-identical files."
 )
 
-_HELP = {
+SYNTHETIC_HELP = {
     "train_fraction": "fraction of the ids used for training (rest: test)",
     "images_per_id": "mean images per id (drawn uniformly in 0.6x..1.4x)",
     "cameras": "number of cameras",
@@ -391,39 +390,3 @@ _HELP = {
     "supersample": "drawing resolution factor before downsampling (anti-aliasing)",
     "jpeg_quality": "JPEG quality (fixed, for byte-identical output)",
 }
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add the ``make-synthetic`` sub-command."""
-    defaults = SyntheticConfig()
-    p = subparsers.add_parser(
-        "make-synthetic",
-        help="generate the synthetic re-ID data set (Market-1501 layout)",
-        description=_DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--ids", type=int, default=defaults.ids, help="number of identities (train + test)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same arguments: byte-identical files)")
-    for f in dataclasses.fields(SyntheticConfig):
-        if f.name not in ("ids", "seed"):
-            p.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                type=type(getattr(defaults, f.name)),
-                default=getattr(defaults, f.name),
-                help=_HELP[f.name],
-            )
-    p.add_argument("--workers", type=int, default=1, help="processes drawing images (output does not depend on it)")
-    p.add_argument("--overwrite", action="store_true", help="replace a set already in --out")
-    p.add_argument("--grid", default=None, help="also save a PNG grid of samples to this path")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
-    stats = make_synthetic(args.out, workers=args.workers, overwrite=args.overwrite, **knobs)
-    log.info("statistics: %s", json.dumps({k: v for k, v in stats.items() if isinstance(v, int)}))
-    if args.grid:
-        sample_grid(args.out).save(args.grid)
-        log.info("sample grid: %s", args.grid)
-    return 0

@@ -7,8 +7,6 @@
 * :mod:`canlib.engine.weights`  -- trained weights without the training state, for inference
 * :mod:`canlib.engine.checkpoint` -- checkpoint files: atomic writes, weights-only (safe) loading
 * :mod:`canlib.engine.onnx_export` -- the model as ONNX, checked against PyTorch with ONNX Runtime
-* :mod:`canlib.lab.grid` -- the grid of Tables 2-4 as recorded runs
-* :mod:`canlib.engine.cli`      -- ``python -m canlib train`` and ``python -m canlib evaluate``
 """
 
 from canlib.engine.trainer import TrainingDiverged, train

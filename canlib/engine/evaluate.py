@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,6 +17,8 @@ from torch import nn
 from canlib.config import EvalSection
 from canlib.engine.build import build_eval_loaders, resolve_device, target_config
 from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.record import run_record
+from canlib.engine.weights import model_from_checkpoint, read_run_config
 from canlib.metrics import evaluate_features
 
 log = logging.getLogger(__name__)
@@ -149,9 +152,6 @@ def evaluate_run(
     metrics (as :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint)
     and ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
     """
-    from canlib.engine.record import run_record
-    from canlib.engine.weights import model_from_checkpoint, read_run_config
-
     source = read_run_config(run_dir)
     cfg = target_config(source, dataset, None if data_root is None else str(data_root))
     dev = resolve_device(device)
@@ -208,3 +208,28 @@ def _evaluation_record(
         },
         "options": options,
     }
+
+
+def evaluation_path(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Where an evaluation is recorded by default: ``RUN/evaluations/<data set>-<hash>.json``.
+
+    The hash covers the target root, the checkpoint and the options, so another target or
+    option gets another file and a repeated evaluation overwrites its own.
+    """
+    ev = result["evaluation"]
+    key = {
+        "root": str(Path(ev["target"]["root"]).resolve()),
+        "checkpoint": str(Path(ev["checkpoint"]).resolve()),
+        "options": ev["options"],
+        "split": ev["target"]["split"],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(run_dir) / "evaluations" / f"{str(ev['target']['dataset']).lower()}-{digest}.json"
+
+
+def record_evaluation(run_dir: str | Path, result: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write an :func:`evaluate_run` result as JSON to ``out`` (default :func:`evaluation_path`)."""
+    path = Path(out) if out else evaluation_path(run_dir, result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

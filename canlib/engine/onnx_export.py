@@ -29,7 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from canlib.engine.build import build_eval_loaders
+from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import extract_features
+from canlib.engine.weights import model_from_checkpoint, read_run_config
 from canlib.metrics import evaluate_features
 from canlib.model import CAN
 
@@ -226,9 +229,6 @@ def export_run(
     :class:`ParityError` (with the report as ``.report``) beyond the bounds. Returns the
     report: the file, opset and, when checked, the numbers of :func:`parity_report`.
     """
-    from canlib.engine.checkpoint import checkpoint_path
-    from canlib.engine.evaluate import build_eval_loaders
-    from canlib.engine.weights import model_from_checkpoint, read_run_config
 
     require_onnx()  # missing packages, an unwritable place and a wrong data root fail before any work
     cfg = read_run_config(run_dir)

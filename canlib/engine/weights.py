@@ -11,7 +11,6 @@ command also writes ONNX (``--onnx``, :mod:`canlib.engine.onnx_export`).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -119,95 +118,3 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     load_model_state(model, payload["model"], path)
     meta = {k: v for k, v in payload.items() if k != "model"}
     return model.float().to(device).eval(), meta
-
-
-def _runs_to_export(args: argparse.Namespace) -> list[Path]:
-    """The run folders named by ``--run`` and ``--row``; ``ValueError`` naming a bad argument."""
-    runs: list[Path] = [Path(r) for r in args.run or []]
-    if args.row:
-        if args.config is None or args.data_root is None:
-            raise ValueError("--row needs --config and --data-root (to resolve the run's configuration hash)")
-        from canlib.config import config_hash
-        from canlib.lab.grid import ablation_rows, resolve
-
-        known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
-        for spec in args.row:
-            if spec not in known:
-                raise ValueError(f"unknown row {spec!r}; known rows: {', '.join(known)}")
-            runs.append(Path(args.runs) / config_hash(resolve(args.config, known[spec], args.seed, args.data_root)))
-    if not runs:
-        raise ValueError("nothing to export: give --run DIR or --row 'Table N:label'")
-    if args.onnx and len(runs) > 1:
-        raise ValueError(f"--onnx writes one file: name one run, not {len(runs)}")
-    return runs
-
-
-def _export_onnx(args: argparse.Namespace, run: Path) -> int:
-    from canlib.engine.onnx_export import ParityError, export_run
-
-    try:
-        report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
-    except ParityError as exc:
-        print(json.dumps(exc.report, indent=2))
-        log.error("%s", exc)
-        return 1
-    print(json.dumps(report, indent=2))
-    log.info("exported %s -> %s (%.1f MB, opset %d)", run, args.onnx, Path(args.onnx).stat().st_size / 1e6, args.opset)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from canlib.engine.cli import EXIT_BAD_INPUT
-
-    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
-    try:
-        runs = _runs_to_export(args)
-        if args.onnx:
-            return _export_onnx(args, runs[0])
-        for run in runs:
-            dest = Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt"
-            export_weights(run, dest, dtype=dtype)
-            log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
-    except (KeyError, ValueError, OSError) as exc:
-        # Bad input, one line: a missing run folder or data root, an unknown data set or row, a damaged or
-        # tampered checkpoint (CheckpointError), weights that do not fit the configuration, an unwritable
-        # --out/--onnx (ExportError), missing optional packages.
-        log.error("%s", exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-        return EXIT_BAD_INPUT
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``export`` sub-command (a run's trained weights, or an ONNX file, without the training state)."""
-    from canlib.engine.onnx_export import OPSET
-
-    p = subparsers.add_parser(
-        "export",
-        help="export a finished run's weights or ONNX model (for inference and the book's figures)",
-        description="Write a run's final weights, configuration, record and metrics to one file that "
-        "canlib.engine.weights.load_trained reads, or (--onnx OUT.onnx) its evaluation-mode descriptor "
-        "network as ONNX, checked against PyTorch with ONNX Runtime on the data set's query and gallery "
-        "images (exit code 1 when they differ). Name runs by folder (--run) or by ablation row "
-        "(--row 'Table 3:Part-1,3,5,7' with --config, --data-root and --seed).",
-    )
-    p.add_argument("--run", action="append", help=f"a finished run folder (with {CHECKPOINT}); repeatable")
-    p.add_argument("--row", action="append", help="an ablation row 'Table N:label'; repeatable")
-    p.add_argument("--config", help="the profile the grid was run with (for --row)")
-    p.add_argument(
-        "--data-root",
-        help="the data root the grid was run with (for --row); the images of the "
-        "ONNX parity check (default: the run's)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the run (for --row)")
-    p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (for --row)")
-    p.add_argument("--out", help="output file (one run only)")
-    p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    p.add_argument(
-        "--onnx",
-        metavar="OUT.onnx",
-        help="write one run's model as ONNX (needs the 'export' extra) and check it against PyTorch",
-    )
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--no-check", action="store_true", help="skip the ONNX parity check (no data set needed)")
-    p.set_defaults(func=_export)

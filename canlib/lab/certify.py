@@ -68,8 +68,8 @@ DATA_ARGS = ("--ids", "24", "--seed", "7")
 def replay_configs(profile: str | Path, pretrain_profile: str | Path | None) -> dict[str, dict[str, Any]]:
     """Every configuration the records use, by name: the grid's distinct rows, the neck stage's
     options on the validation split, and the pre-training profile (with a batch that fits)."""
-    from canlib.lab.grid import ablation_rows
     from canlib.lab.decide import STAGES, VALIDATION, pending_defaults, stage_rows
+    from canlib.lab.grid import ablation_rows
 
     named: dict[str, list[str]] = {}
     for row in ablation_rows():

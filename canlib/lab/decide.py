@@ -19,7 +19,6 @@ other run, and the decisions with their numbers in ``results/decisions/decisions
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -260,29 +259,3 @@ def run_decisions(
 def chosen_overrides(path: str | Path = "results/decisions/decisions.json") -> list[str]:
     """The overrides every decision chose, in stage order (what ``configs/cpu.yaml`` must hold)."""
     return list(json.loads(Path(path).read_text())["chosen_overrides"])
-
-
-def _cli(args: argparse.Namespace) -> int:
-    for d in run_decisions(
-        args.config, args.data_root, STAGES, args.seeds, args.results, args.runs, args.jobs, args.device
-    ):
-        print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``decide`` sub-command."""
-    p = subparsers.add_parser(
-        "decide",
-        help="fill the paper's silences on a validation split (staged runs)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", required=True, help="the profile the decisions are for (configs/cpu.yaml)")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    p.add_argument("--results", default="results/decisions")
-    p.add_argument("--runs", default="runs/decisions")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cli)

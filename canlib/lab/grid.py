@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
+
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
 from canlib.engine.record import (
@@ -35,6 +37,7 @@ from canlib.engine.record import (
     load_equivalences,
     module_fingerprints,
 )
+from canlib.lab.analysis import summarize
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +187,6 @@ def freshness(run_dir: str | Path, current: CheckoutState | None = None) -> str:
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     """The records of a frozen grid from its ``runs.csv`` (e.g. a "before" grid whose profile
     and rows have since changed), each with its freshness as in :func:`load_records`."""
-    import pandas as pd
-
     results_dir = Path(results_dir)
     frame = pd.read_csv(results_dir / "runs.csv", dtype={"run": str})
     records = [{str(k): v for k, v in rec.items()} for rec in frame.to_dict("records")]  # the CSV's column names
@@ -280,54 +281,23 @@ def run_grid(
     return records
 
 
-def _ablate(args) -> int:
-    rows = ablation_rows(args.tables)
-    if args.rows:
-        rows = [r for r in rows if r.label in args.rows]
-    records = run_grid(
-        args.config,
-        args.data_root,
-        rows=rows,
-        seeds=args.seeds,
-        results_dir=args.results,
-        runs_dir=args.runs,
-        force=args.force,
-        device=args.device,
-        jobs=args.jobs,
-    )
-    import pandas as pd
+def row_run_folders(
+    profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int, runs_dir: str | Path
+) -> list[Path]:
+    """The working folders of ablation rows named ``"Table N:label"`` (``ValueError`` for an unknown one)."""
+    known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
+    folders = []
+    for spec in specs:
+        if spec not in known:
+            raise ValueError(f"unknown row {spec!r}; known rows: {', '.join(known)}")
+        folders.append(Path(runs_dir) / config_hash(resolve(profile, known[spec], seed, data_root)))
+    return folders
 
-    results = Path(args.results)
+
+def write_tables(records: Sequence[dict[str, Any]], results_dir: str | Path) -> pd.DataFrame:
+    """Write the grid's ``runs.csv`` (one line per run) and ``summary.csv`` (mean and spread per row)."""
+    results = Path(results_dir)
     pd.DataFrame(records).to_csv(results / "runs.csv", index=False)
-    from canlib.lab.analysis import summarize
-
-    summary = summarize(records)
-    summary.table.to_csv(results / "summary.csv")
-    print(summary.table.to_string())
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``ablate`` sub-command (Tables 2-4 as a grid of recorded runs)."""
-    p = subparsers.add_parser(
-        "ablate",
-        help="train (or reuse) the ablation grid of Tables 2-4",
-        description="Train every row of the paper's Tables 2-4 for each seed, reusing runs already "
-        "recorded with the same configuration and code, and write runs.csv and summary.csv.",
-    )
-    p.add_argument("--config", required=True, help="profile YAML (configs/cpu.yaml, configs/paper-market1501.yaml)")
-    p.add_argument("--data-root", required=True)
-    p.add_argument(
-        "--tables",
-        nargs="+",
-        default=["Table 2", "Table 3", "Table 4"],
-        help='which tables (default: "Table 2" "Table 3" "Table 4")',
-    )
-    p.add_argument("--rows", nargs="+", help="only these row labels (e.g. Part-1,3,5,7)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--results", default="results/ablations", help="where runs are recorded (in git)")
-    p.add_argument("--runs", default="runs/ablations", help="working folders with checkpoints (not in git)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one per core suits small models)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--force", action="store_true", help="retrain even when a recorded run exists")
-    p.set_defaults(func=_ablate)
+    table = summarize(records).table
+    table.to_csv(results / "summary.csv")
+    return table

@@ -11,7 +11,6 @@ copied beside the weights, so the trunk's provenance is as checkable as any repo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -59,25 +58,3 @@ def export_trunk(run_dir: str | Path, out: str | Path) -> Path:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     log.info("trunk of %s (mAP %.3f on its own held-out identities) written to %s", run_dir, metrics["mAP"], out)
     return out
-
-
-def _cli(args: argparse.Namespace) -> int:
-    try:
-        export_trunk(args.run, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``export-trunk`` sub-command."""
-    p = subparsers.add_parser(
-        "export-trunk",
-        help="keep the ResNet trunk of a pre-training run (make pretrain)",
-        description="Write the stem and layer 4 of a finished run as a ResNet state dict "
-        "that model.pretrained can load, with the run's record beside it.",
-    )
-    p.add_argument("--run", required=True, help="a finished run folder (configs/pretrain.yaml)")
-    p.add_argument("--out", required=True, help="the .pt file to write, e.g. results/pretrained/trunk.pt")
-    p.set_defaults(func=_cli)

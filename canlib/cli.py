@@ -1,0 +1,412 @@
+"""The command line, ``python -m canlib <command>``: every sub-command's arguments in one place.
+
+The top layer of the package (see ``ARCHITECTURE.md``): each handler turns its parsed arguments
+into plain values and calls one function of the library (:mod:`canlib.engine`, :mod:`canlib.data`)
+or of the experiments (:mod:`canlib.lab`); nothing below this module reads ``argparse`` objects.
+The user's mistakes (configuration, data, files, device) are one logged line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pickle
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from canlib.config import ConfigError, load_config
+from canlib.data.datasets import DATASETS
+from canlib.data.synthetic import SYNTHETIC_DESCRIPTION, SYNTHETIC_HELP, SyntheticConfig, make_synthetic, sample_grid
+from canlib.engine.checkpoint import CHECKPOINT
+from canlib.engine.evaluate import evaluate_run, record_evaluation
+from canlib.engine.onnx_export import OPSET, ParityError, export_run
+from canlib.engine.trainer import TrainingDiverged, TrainingInterrupted, error_line, train
+from canlib.engine.weights import export_weights
+from canlib.lab import decide, grid, pretrain
+from canlib.metrics import AP_VARIANTS, METRICS
+
+log = logging.getLogger(__name__)
+
+#: Exit codes: 0 success, 1 an ONNX parity failure, 2 bad input (config, data, files, arguments),
+#: 3 training diverged, 130 interrupted (Ctrl-C; the shells' 128 + SIGINT).
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def user_error(exc: BaseException) -> str | None:
+    """One line for an error in the user's input; None for anything else (a bug keeps its traceback)."""
+    if isinstance(exc, KeyError) and exc.args:  # str(KeyError) quotes its message
+        return str(exc.args[0])
+    if isinstance(exc, (ConfigError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)):
+        return error_line(exc)
+    return None
+
+
+def _reports_user_errors(command: Handler) -> Handler:
+    """Turn the user's mistakes into one logged line and exit code 2, Ctrl-C into 130."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            message = user_error(exc)
+            if message is None:
+                raise
+            log.error("%s", message)
+            return EXIT_BAD_INPUT
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- train, evaluate
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues an interrupted ``train``."""
+    cmd = ["python", "-m", "canlib", "train", "--config", str(args.config)]
+    for flag, value in (("--data-root", args.data_root), ("--output", args.output), ("--epochs", args.epochs)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    cmd += ["--no-progress"] * bool(args.no_progress) + ["--resume", *args.overrides]
+    return shlex.join(cmd)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """The options of ``train`` as configuration overrides, after the user's own."""
+    overrides = list(args.overrides)
+    for key, value in (("data.root", args.data_root), ("optim.epochs", args.epochs), ("seed", args.seed)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    return overrides
+
+
+@_reports_user_errors
+def _train(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, _train_overrides(args))
+        metrics = train(cfg, args.output, device=args.device, resume=args.resume, overwrite=args.overwrite)
+    except TrainingDiverged as exc:
+        log.error("%s", exc)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as exc:
+        log.error("%s%s", exc, f"; to continue: {_resume_command(args)}" if exc.resumable else "")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        log.error("interrupted before training began: nothing was trained")
+        return EXIT_INTERRUPTED
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: rank 0 prints the metrics
+        print(json.dumps({k: v for k, v in metrics.items() if k != "cmc"}, indent=2))
+    return 0
+
+
+@_reports_user_errors
+def _evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_run(
+        args.run,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        metric=args.metric,
+        ap=args.ap,
+        flip_tta=args.flip_tta or None,
+        rerank=args.rerank or None,
+    )
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cmc", "evaluation", "record")}, indent=2))
+    log.info("evaluation recorded in %s", record_evaluation(args.run, result, args.out))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train CAN with a profile from configs/",
+        description="Train CAN. Example: python -m canlib train --config configs/cpu.yaml "
+        "--data-root data/synthetic --output runs/cpu model.parts=[1,3,5]",
+    )
+    p.add_argument("--config", required=True, help="profile YAML (configs/paper-market1501.yaml, cpu.yaml, smoke.yaml)")
+    p.add_argument("--data-root", help="folder holding the data set (sets data.root)")
+    p.add_argument("--output", required=True, help="run folder: config, log, checkpoints, metrics.json")
+    p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run the output folder holds (refused without this)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides, e.g. optim.lr=1e-4")
+    p.set_defaults(func=_train)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run on its own or another data set's query/gallery split",
+        description="Evaluate the checkpoint of a run folder written by `train`, on its own data set or "
+        "(--dataset NAME --data-root DIR) on another's, as in the field's Market->Duke tables. Example: "
+        "python -m canlib evaluate --run runs/cpu --dataset dukemtmc --data-root /data/reid. "
+        "Prints the metrics; records them with source, target, options and provenance (see --out).",
+    )
+    e.add_argument("--run", required=True, help="a run folder written by `train`")
+    e.add_argument("--checkpoint", help=f"a checkpoint or exported weights file (default: RUN/{CHECKPOINT})")
+    e.add_argument(
+        "--dataset",
+        help=f"evaluate on another data set's query/gallery (needs --data-root): {', '.join(sorted(DATASETS))}",
+    )
+    e.add_argument("--data-root", help="the target data set's root (or the run's own, if it moved since training)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--metric", choices=METRICS)
+    e.add_argument("--ap", choices=AP_VARIANTS, help="AP variant (default: the run's)")
+    e.add_argument("--flip-tta", action="store_true", help="average with the mirrored image (beyond the paper)")
+    e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (beyond the paper)")
+    e.add_argument(
+        "--out",
+        help="the JSON record (metrics with the full CMC, source, target, options, provenance); "
+        "default RUN/evaluations/<data set>-<hash>.json",
+    )
+    e.set_defaults(func=_evaluate)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _export_onnx(args: argparse.Namespace, run: Path) -> int:
+    try:
+        report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
+    except ParityError as exc:
+        print(json.dumps(exc.report, indent=2))
+        log.error("%s", exc)
+        return 1
+    print(json.dumps(report, indent=2))
+    log.info("exported %s -> %s (%.1f MB, opset %d)", run, args.onnx, Path(args.onnx).stat().st_size / 1e6, args.opset)
+    return 0
+
+
+@_reports_user_errors
+def _export(args: argparse.Namespace) -> int:
+    runs: list[Path] = [Path(r) for r in args.run or []]
+    if args.row:
+        if args.config is None or args.data_root is None:
+            raise ValueError("--row needs --config and --data-root (to resolve the run's configuration hash)")
+        runs += grid.row_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
+    if not runs:
+        raise ValueError("nothing to export: give --run DIR or --row 'Table N:label'")
+    if args.onnx:
+        if len(runs) > 1:
+            raise ValueError(f"--onnx writes one file: name one run, not {len(runs)}")
+        return _export_onnx(args, runs[0])
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
+    for run in runs:
+        dest = Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt"
+        export_weights(run, dest, dtype=dtype)
+        log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a finished run's weights or ONNX model (for inference and the book's figures)",
+        description="Write a run's final weights, configuration, record and metrics to one file that "
+        "canlib.engine.weights.load_trained reads, or (--onnx OUT.onnx) its evaluation-mode descriptor "
+        "network as ONNX, checked against PyTorch with ONNX Runtime on the data set's query and gallery "
+        "images (exit code 1 when they differ). Name runs by folder (--run) or by ablation row "
+        "(--row 'Table 3:Part-1,3,5,7' with --config, --data-root and --seed).",
+    )
+    p.add_argument("--run", action="append", help=f"a finished run folder (with {CHECKPOINT}); repeatable")
+    p.add_argument("--row", action="append", help="an ablation row 'Table N:label'; repeatable")
+    p.add_argument("--config", help="the profile the grid was run with (for --row)")
+    p.add_argument(
+        "--data-root",
+        help="the data root the grid was run with (for --row); the ONNX check's images (default: the run's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (for --row)")
+    p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (for --row)")
+    p.add_argument("--out", help="output file (one run only)")
+    p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="write one run's model as ONNX (the 'export' extra) and check it")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX parity check (no data set needed)")
+    p.set_defaults(func=_export)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@_reports_user_errors
+def _make_synthetic(args: argparse.Namespace) -> int:
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
+    stats = make_synthetic(args.out, workers=args.workers, overwrite=args.overwrite, **knobs)
+    log.info("statistics: %s", json.dumps({k: v for k, v in stats.items() if isinstance(v, int)}))
+    if args.grid:
+        sample_grid(args.out).save(args.grid)
+        log.info("sample grid: %s", args.grid)
+    return 0
+
+
+def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
+    defaults = SyntheticConfig()
+    p = sub.add_parser(
+        "make-synthetic",
+        help="generate the synthetic re-ID data set (Market-1501 layout)",
+        description=SYNTHETIC_DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--ids", type=int, default=defaults.ids, help="number of identities (train + test)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same arguments: byte-identical files)")
+    for f in dataclasses.fields(SyntheticConfig):
+        if f.name not in ("ids", "seed"):
+            default = getattr(defaults, f.name)
+            p.add_argument(
+                f"--{f.name.replace('_', '-')}", type=type(default), default=default, help=SYNTHETIC_HELP[f.name]
+            )
+    p.add_argument("--workers", type=int, default=1, help="processes drawing images (output does not depend on it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a set already in --out")
+    p.add_argument("--grid", default=None, help="also save a PNG grid of samples to this path")
+    p.set_defaults(func=_make_synthetic)
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+@_reports_user_errors
+def _ablate(args: argparse.Namespace) -> int:
+    rows = grid.ablation_rows(args.tables)
+    if args.rows:
+        rows = [r for r in rows if r.label in args.rows]
+    records = grid.run_grid(
+        args.config,
+        args.data_root,
+        rows=rows,
+        seeds=args.seeds,
+        results_dir=args.results,
+        runs_dir=args.runs,
+        force=args.force,
+        device=args.device,
+        jobs=args.jobs,
+    )
+    print(grid.write_tables(records, args.results).to_string())
+    return 0
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="train (or reuse) the ablation grid of Tables 2-4",
+        description="Train every row of the paper's Tables 2-4 for each seed, reusing runs already "
+        "recorded with the same configuration, and write runs.csv and summary.csv.",
+    )
+    p.add_argument("--config", required=True, help="profile YAML (configs/cpu.yaml, configs/paper-market1501.yaml)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--tables", nargs="+", default=["Table 2", "Table 3", "Table 4"], help="which tables")
+    p.add_argument("--rows", nargs="+", help="only these row labels (e.g. Part-1,3,5,7)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--results", default="results/ablations", help="where runs are recorded (in git)")
+    p.add_argument("--runs", default="runs/ablations", help="working folders with checkpoints (not in git)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one per core suits small models)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="retrain even when a recorded run exists")
+    p.set_defaults(func=_ablate)
+
+
+@_reports_user_errors
+def _decide(args: argparse.Namespace) -> int:
+    for d in decide.run_decisions(
+        args.config, args.data_root, decide.STAGES, args.seeds, args.results, args.runs, args.jobs, args.device
+    ):
+        print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
+    return 0
+
+
+def _add_decide(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "decide",
+        help="fill the paper's silences on a validation split (staged runs)",
+        description=decide.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="the profile the decisions are for (configs/cpu.yaml)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=list(decide.SEEDS))
+    p.add_argument("--results", default="results/decisions")
+    p.add_argument("--runs", default="runs/decisions")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_decide)
+
+
+@_reports_user_errors
+def _export_trunk(args: argparse.Namespace) -> int:
+    pretrain.export_trunk(args.run, args.out)
+    return 0
+
+
+def _add_export_trunk(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-trunk",
+        help="keep the ResNet trunk of a pre-training run (make pretrain)",
+        description="Write the stem and layer 4 of a finished run as a ResNet state dict "
+        "that model.pretrained can load, with the run's record beside it.",
+    )
+    p.add_argument("--run", required=True, help="a finished run folder (configs/pretrain.yaml)")
+    p.add_argument("--out", required=True, help="the .pt file to write, e.g. results/pretrained/trunk.pt")
+    p.set_defaults(func=_export_trunk)
+
+
+#: The sub-commands, in the order ``--help`` lists them.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_make_synthetic,
+    _add_train,
+    _add_evaluate,
+    _add_ablate,
+    _add_export,
+    _add_export_trunk,
+    _add_decide,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m canlib",
+        description="Collaborative Attention Network (CAN) for person re-ID: data, training, evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m canlib runs canlib/__main__.py
+    sys.exit(main())

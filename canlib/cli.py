@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from canlib.config import ConfigError, load_config
-from canlib.data.datasets import DATASETS
+from canlib.data.datasets import DATASETS, dataset_names
 from canlib.data.synthetic import SYNTHETIC_DESCRIPTION, SYNTHETIC_HELP, SyntheticConfig, make_synthetic, sample_grid
 from canlib.engine.checkpoint import CHECKPOINT
 from canlib.engine.evaluate import evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.trainer import TrainingDiverged, TrainingInterrupted, error_line, train
-from canlib.engine.weights import export_weights
+from canlib.engine.weights import check_destination, export_weights
 from canlib.lab import decide, grid, pretrain
 from canlib.metrics import AP_VARIANTS, METRICS
 
@@ -118,8 +118,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_arguments(args: argparse.Namespace) -> None:
+    """Before any work: a data set canlib reads, and a place the evaluation can be recorded."""
+    if args.dataset is not None and args.dataset.lower() not in {name.lower() for name in dataset_names()}:
+        raise ValueError(
+            f"--dataset {args.dataset!r} is not a data set canlib reads; the readers: {', '.join(sorted(DATASETS))}"
+        )
+    if args.out:
+        check_destination(args.out)
+        return
+    if not Path(args.run).is_dir():
+        return  # evaluate_run names what is missing
+    try:
+        check_destination(Path(args.run) / "evaluations" / "evaluation.json")
+    except OSError as exc:
+        raise OSError(f"{exc}; pass --out FILE to record the evaluation elsewhere") from None
+
+
 @_reports_user_errors
 def _evaluate(args: argparse.Namespace) -> int:
+    _check_evaluate_arguments(args)
     result = evaluate_run(
         args.run,
         dataset=args.dataset,
@@ -189,6 +207,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- export
 def _export_onnx(args: argparse.Namespace, run: Path) -> int:
+    check_destination(args.onnx)  # before the export and its parity check (seconds to minutes)
     try:
         report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
     except ParityError as exc:
@@ -214,8 +233,10 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--onnx writes one file: name one run, not {len(runs)}")
         return _export_onnx(args, runs[0])
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
-    for run in runs:
-        dest = Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt"
+    dests = [Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt" for run in runs]
+    for dest in dests:  # every destination before any work
+        check_destination(dest)
+    for run, dest in zip(runs, dests, strict=True):
         export_weights(run, dest, dtype=dtype)
         log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
     return 0

@@ -227,7 +227,7 @@ def _bad_inputs(run: Path, other_parts_run: Path, other_data: Path, tmp: Path) -
         ),
         "evaluate: unknown data set": (
             ["evaluate", "--run", str(run), "--dataset", "imagenet", "--data-root", str(other_data)],
-            "data.dataset must be one of",
+            "--dataset .imagenet. is not a data set canlib reads",
         ),
         "evaluate: other parts": (
             ["evaluate", "--run", str(other_parts_run), "--device", "cpu"],

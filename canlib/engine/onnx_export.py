@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from canlib.engine.build import build_eval_loaders
 from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import extract_features
-from canlib.engine.weights import model_from_checkpoint, read_run_config
+from canlib.engine.weights import check_destination, model_from_checkpoint, read_run_config
 from canlib.metrics import evaluate_features
 from canlib.model import CAN
 
@@ -69,18 +69,6 @@ def require_onnx() -> None:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install -e '.[export]'")
 
 
-def _check_writable(dest: Path) -> Path:
-    """Fail before the (slow) export when ``dest`` cannot be written; return the temporary path."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb"):
-            pass
-    except OSError as exc:
-        raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    return tmp
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter's libraries log every graph pass at INFO: keep them to warnings meanwhile."""
@@ -109,8 +97,11 @@ def export_onnx(
     ``metadata`` is stored as the model's metadata properties. The file is written atomically.
     """
     require_onnx()
-    dest = Path(dest)
-    tmp = _check_writable(dest)
+    try:
+        dest = check_destination(dest)
+    except OSError as exc:
+        raise ExportError(str(exc)) from None
+    tmp = dest.with_name(dest.name + ".tmp")
     model = model.eval().float().cpu()
     example = torch.zeros(2, 3, int(height), int(width))
     try:
@@ -232,7 +223,10 @@ def export_run(
 
     require_onnx()  # missing packages, an unwritable place and a wrong data root fail before any work
     cfg = read_run_config(run_dir)
-    _check_writable(Path(dest)).unlink()
+    try:
+        check_destination(dest)
+    except OSError as exc:
+        raise ExportError(str(exc)) from None
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)

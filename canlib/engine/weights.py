@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,24 @@ def model_from_checkpoint(
     return model.to(device).eval(), meta
 
 
+def check_destination(dest: str | os.PathLike[str]) -> Path:
+    """Before any work: refuse a ``dest`` file that cannot be written (a folder, a read-only place,
+    a file where a folder should be), in one line naming it. Creates nothing but a probe, removed at once."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise OSError(f"cannot write {dest}: it is a folder; name a file inside it")
+    existing = dest.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise OSError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    return dest
+
+
 def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype | None = torch.float16) -> Path:
     """Write ``run_dir``'s final network weights, configuration, record and metrics to ``dest``.
 
@@ -80,7 +99,7 @@ def export_weights(run_dir: str | Path, dest: str | Path, dtype: torch.dtype | N
     so the file also records the number of training identities. The weights are checked
     against the run's configuration first (:class:`CheckpointError` when they do not fit).
     """
-    run_dir, dest = Path(run_dir), Path(dest)
+    run_dir, dest = Path(run_dir), check_destination(dest)
     checkpoint = checkpoint_path(run_dir)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT}: is it a finished training run?")

@@ -46,3 +46,39 @@ def test_evaluate_names_the_dataset_option_and_the_readers(tmp_path, caplog, no_
     assert cli.main(["evaluate", "--run", str(tmp_path), "--dataset", "viper", "--data-root", "x"]) == 2
     assert "--dataset 'viper' is not a data set canlib reads" in caplog.text
     assert all(name in caplog.text for name in DATASETS)
+
+
+def test_an_empty_layout_folder_is_named(tmp_path):
+    from canlib.data import load_dataset
+    from canlib.data.base import DatasetLayoutError
+
+    for folder in ("bounding_box_train", "bounding_box_test", "query"):
+        (tmp_path / folder).mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"bounding_box_train holds no usable image"):
+        load_dataset("folder", tmp_path)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_and_said_once(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from canlib.data.base import read_image
+
+    Image.fromarray(np.full((8, 4), 0x8000, dtype=np.uint16)).save(tmp_path / "g16.png")  # mid-grey in 16 bits
+    assert np.asarray(read_image(tmp_path / "g16.png")).max() == 0x80  # PIL's own convert gives 255: all white
+    Image.fromarray(np.zeros((8, 4), dtype=np.int32)).save(tmp_path / "i32.tif")
+    with pytest.raises(OSError, match=r"i32\.tif.*32-bit"):
+        read_image(tmp_path / "i32.tif")
+    from canlib.data.base import ReIDDataset
+
+    images = [tmp_path / "g16.png"]
+    Image.fromarray(np.zeros((8, 4, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
+    images.append(tmp_path / "rgba.png")
+    Image.new("RGB", (4, 8)).save(tmp_path / "rgb.png")
+    data = ReIDDataset([(str(p), i, 0) for i, p in enumerate(images)], [(str(tmp_path / "rgb.png"), 0, 0)], [])
+    with caplog.at_level(logging.INFO, logger="canlib.data.base"):
+        data.verify_images()
+    (line,) = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
+    assert "1 16-bit grayscale" in line and "1 RGBA" in line

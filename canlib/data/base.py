@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,38 @@ class StatisticsMismatchWarning(UserWarning):
     """The counts found on disk differ from a data set's official statistics."""
 
 
+#: 16-bit grayscale modes: scaled to 8 bits (PIL's own conversion to RGB clips them, all white).
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Modes converted to RGB as PIL does it, named as the data set's note says them.
+_CONVERTED = {"L": "grayscale", "LA": "grayscale", "P": "palette", "RGBA": "RGBA", "CMYK": "CMYK", "1": "1-bit"}
+
+
+def _to_rgb(img: Image.Image, path: str | os.PathLike[str]) -> Image.Image:
+    """``img`` as 8-bit RGB: 16-bit grayscale scaled by 1/256, 32-bit modes refused (no known range)."""
+    if img.mode in _SIXTEEN_BIT:
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        raise ImageReadError(
+            f"cannot read image {os.fspath(path)!r}: its pixels are 32-bit ({img.mode} mode) with no known range; "
+            "convert it to 8-bit RGB"
+        )
+    return img.convert("RGB")
+
+
+def image_conversion(path: str | os.PathLike[str]) -> str | None:
+    """What :func:`read_image` converts ``path`` from (``"16-bit grayscale"``, ``"RGBA"``, ...), None for RGB."""
+    with Image.open(path) as img:
+        return "16-bit grayscale" if img.mode in _SIXTEEN_BIT else _CONVERTED.get(img.mode)
+
+
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """Read an image fully and return it as RGB; raise :class:`ImageReadError` naming the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return _to_rgb(img, path)
+    except ImageReadError:
+        raise
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three on bad files
         raise ImageReadError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
 
@@ -70,6 +98,12 @@ def find_unreadable(paths: Sequence[str], workers: int | None = None) -> dict[st
         with ThreadPoolExecutor(workers) as pool:
             found = list(pool.map(check, paths, chunksize=64))
     return {path: msg for path, msg in zip(paths, found, strict=True) if msg is not None}
+
+
+def conversions_note(paths: Sequence[str]) -> str:
+    """One line counting the images among ``paths`` that are not RGB and are converted ("" when none)."""
+    counts = Counter(kind for kind in map(image_conversion, paths) if kind is not None)
+    return ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items()))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -179,6 +213,9 @@ class ReIDDataset:
         if bad:
             more = f" (and {len(bad) - 1} more of the {len(paths):,} images)" if len(bad) > 1 else ""
             raise ImageReadError(f"{self.name}: {next(iter(bad.values()))}{more}")
+        note = conversions_note(paths)
+        if note:  # once per data set: what is not RGB is read as RGB (16-bit grayscale scaled to 8 bits)
+            log.info("%s: converted to 8-bit RGB as they are read: %s images", self.name, note)
         return len(paths)
 
     def _verify(self, records: Sequence[Record], skip: bool) -> list[Record]:

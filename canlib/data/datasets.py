@@ -56,6 +56,12 @@ class MarketLayoutDataset(ReIDDataset):
         train = self._parse(self.dataset_dir / "bounding_box_train", skipped, train=True)
         query = self._parse(self.dataset_dir / "query", skipped, train=False)
         gallery = self._parse(self.dataset_dir / "bounding_box_test", skipped, train=False, keep_junk=True)
+        for folder, records in (("bounding_box_train", train), ("query", query), ("bounding_box_test", gallery)):
+            if not records:
+                raise DatasetLayoutError(
+                    f"{self.name}: {self.dataset_dir / folder} holds no usable image (expected Market-named files "
+                    f"PPPP_cC[sS]_NNNN[_NN].jpg in each of {', '.join(MARKET_FOLDERS)})"
+                )
         if skipped:  # one warning for the whole data set
             warnings.warn(
                 f"{self.name}: skipped {len(skipped)} file(s) under {str(self.dataset_dir)!r} whose "

@@ -175,3 +175,31 @@ def test_a_stage_sees_the_later_stages_defaults_whatever_the_profile_holds():
         moved = load_config(CPU, shifted + list(row.overrides))
         assert config_hash(plain) == config_hash(moved), row.label
     assert decide_mod.pending_defaults(stages, len(stages) - 1) == []
+
+
+def test_a_group_aware_validation_split_holds_out_whole_look_alike_groups():
+    full = load_dataset("synthetic", ROOT / "data" / "synthetic")
+    groups = full.look_alike_groups
+    train_raw = set(full.pid_map)
+    in_train = [g for g in groups if set(g) <= train_raw]
+    assert len(in_train) >= 5  # the generator keeps every group on one side of train/test
+    split = hold_out_validation(full, 50, seed=0, groups=groups)
+    held = set(split.held_out_pids)
+    assert len(held) == 50
+    for g in in_train:  # no held-out identity leaves a look-alike in training
+        assert set(g) <= held or not set(g) & held
+    assert any(set(g) <= held for g in in_train)
+    assert hold_out_validation(full, 50, seed=0, groups=groups).held_out_pids == split.held_out_pids
+    assert hold_out_validation(full, 50, seed=0).held_out_pids == hold_out_validation(full, 50, 0).held_out_pids
+
+
+def test_a_validation_gallery_like_the_test_gallery_has_its_share_of_distractors():
+    full = load_dataset("synthetic", ROOT / "data" / "synthetic")
+    test_share = sum(pid == 0 for _, pid, _ in full.gallery) / len(full.gallery)
+    split = hold_out_validation(full, 50, seed=0, groups=full.look_alike_groups, like_test_gallery=True)
+    share = sum(pid == 0 for _, pid, _ in split.gallery) / len(split.gallery)
+    assert test_share > 0.05 and abs(share - test_share) < 0.05
+    queried = {pid for _, pid, _ in split.query}
+    assert 0 not in queried and len(queried) < 50  # distractor ids are gallery-only
+    for _, pid, cam in split.query:
+        assert any(g_pid == pid and g_cam != cam for _, g_pid, g_cam in split.gallery)

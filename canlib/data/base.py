@@ -155,6 +155,8 @@ class ReIDDataset:
     official: Mapping[str, int] = {}
     #: The identities a validation split holds out (set by :func:`canlib.data.split.hold_out_validation`).
     held_out_pids: list[int]
+    #: Raw pids of identities drawn as look-alikes of each other (the synthetic set records them), or None.
+    look_alike_groups: list[list[int]] | None = None
 
     def __init__(
         self,

@@ -275,6 +275,7 @@ class SyntheticReID(MarketLayoutDataset):
             meta = json.loads(meta_path.read_text())
             options.setdefault("official", meta.get("statistics", {}))
             self.meta = meta
+            self.look_alike_groups = [list(g["pids"]) for g in meta.get("groups", [])]
         else:
             log.warning("synthetic: %s has no meta.json; counts are not checked", folder)
             self.meta = {}

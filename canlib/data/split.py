@@ -14,7 +14,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from canlib.data.base import Record, ReIDDataset
+from canlib.data.base import DISTRACTOR_PID, Record, ReIDDataset
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,73 @@ def split_identity(images: Sequence[Record], rng: random.Random) -> tuple[list[R
     return query, rest
 
 
-def hold_out_validation(dataset: ReIDDataset, num_ids: int, seed: int = 0) -> ReIDDataset:
+def _draw_ids(
+    raw_pids: Sequence[int], num_ids: int, rng: random.Random, groups: Sequence[Sequence[int]] | None
+) -> set[int]:
+    """``num_ids`` raw pids; with ``groups`` (look-alike groups), a group is held out whole or not at all."""
+    if groups is None:
+        return set(rng.sample(list(raw_pids), num_ids))
+    known = set(raw_pids)
+    units = [sorted(set(g) & known) for g in groups]
+    grouped = {p for u in units for p in u}
+    units = [u for u in units if u] + [[p] for p in raw_pids if p not in grouped]
+    rng.shuffle(units)
+    held: set[int] = set()
+    for unit in units:  # a group that would overshoot is skipped; single ids fill the rest exactly
+        if len(held) + len(unit) <= num_ids:
+            held.update(unit)
+    return held
+
+
+def _distractor_share(dataset: ReIDDataset) -> float:
+    """The test gallery's share of distractor images (pid 0). Its junk (pid -1) is dropped before any
+    evaluation (the protocol ignores it), so the validation gallery gets none."""
+    return sum(1 for _, pid, _ in dataset.gallery if pid == DISTRACTOR_PID) / max(len(dataset.gallery), 1)
+
+
+def _with_distractors(
+    parts: dict[int, tuple[list[Record], list[Record]]], share: float, rng: random.Random
+) -> tuple[list[Record], list[Record]]:
+    """Query and gallery of the held-out ids, some of whose ids become gallery-only distractors
+    (pid 0, all their images) while distractors stay within ``share`` of the gallery."""
+    order = sorted(parts)
+    rng.shuffle(order)
+    gallery_size = sum(len(g) for _, g in parts.values())
+    distractors: set[int] = set()
+    count = 0
+    for pid in order[:-2]:  # at least two queried ids stay
+        q, g = parts[pid]
+        if (count + len(q) + len(g)) / (gallery_size + len(q)) <= share:
+            distractors.add(pid)
+            count += len(q) + len(g)
+            gallery_size += len(q)
+    query: list[Record] = []
+    gallery: list[Record] = []
+    for pid in sorted(parts):
+        q, g = parts[pid]
+        if pid in distractors:
+            gallery += [(path, DISTRACTOR_PID, cam) for path, _, cam in (*q, *g)]
+        else:
+            query += q
+            gallery += g
+    return query, gallery
+
+
+def hold_out_validation(
+    dataset: ReIDDataset,
+    num_ids: int,
+    seed: int = 0,
+    groups: Sequence[Sequence[int]] | None = None,
+    like_test_gallery: bool = False,
+) -> ReIDDataset:
     """A data set whose train split lacks ``num_ids`` training identities, and whose query and
     gallery are those identities' images (the original query/gallery are not carried over).
 
     Identities are drawn with ``random.Random(seed)`` from the sorted raw training pids, so the
-    split is a function of (data set, ``num_ids``, ``seed``) alone.
+    split is a function of (data set, arguments) alone. ``groups`` (raw pids of look-alike groups,
+    e.g. the synthetic set's ``meta.json``) are held out whole, so that a held-out identity's
+    look-alikes are not in training, as on the test split. ``like_test_gallery`` makes some held-out
+    identities gallery-only distractors (pid 0), in the proportion of the data set's test gallery.
     """
     raw_of = {new: raw for raw, new in dataset.pid_map.items()}
     raw_pids = sorted(raw_of.values())
@@ -59,18 +120,18 @@ def hold_out_validation(dataset: ReIDDataset, num_ids: int, seed: int = 0) -> Re
             f"({len(raw_pids)} training identities), got {num_ids}"
         )
     rng = random.Random(seed)
-    held = set(rng.sample(raw_pids, num_ids))
+    held = _draw_ids(raw_pids, num_ids, rng, groups)
     train: list[Record] = []
     images: dict[int, list[Record]] = defaultdict(list)
     for path, pid, cam in dataset.train:
         raw = raw_of[pid]
         (images[raw] if raw in held else train).append((path, raw, cam))
-    query: list[Record] = []
-    gallery: list[Record] = []
-    for raw in sorted(held):
-        q, g = split_identity(images[raw], rng)
-        query += q
-        gallery += g
+    parts = {raw: split_identity(images[raw], rng) for raw in sorted(held)}
+    if like_test_gallery:
+        query, gallery = _with_distractors(parts, _distractor_share(dataset), rng)
+    else:
+        query = [r for q, _ in parts.values() for r in q]
+        gallery = [r for _, g in parts.values() for r in g]
     split = ReIDDataset(train, query, gallery, root=dataset.root, check_stats=False)
     split.name = f"{dataset.name}[val {num_ids} ids, seed {seed}]"
     split.held_out_pids = sorted(held)

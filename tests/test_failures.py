@@ -22,6 +22,7 @@ from PIL import Image
 from canlib.__main__ import main
 from canlib.config import ConfigError, load_config
 from canlib.data import StatisticsMismatchWarning, load_dataset
+from canlib.engine import run_folder
 from canlib.engine import trainer as trainer_module
 from canlib.engine.trainer import CHECKPOINT, Trainer, TrainingDiverged, train
 
@@ -40,7 +41,7 @@ TINY = [
 @pytest.fixture(autouse=True)
 def quick_record(monkeypatch):
     """run.json without the code fingerprint (seconds of parsing that no test here looks at)."""
-    monkeypatch.setattr(trainer_module, "run_record", lambda cfg, device=None: {"seed": cfg["seed"]})
+    monkeypatch.setattr(run_folder, "run_record", lambda cfg, device=None: {"seed": cfg["seed"]})
 
 
 def _stand_in_epoch(self, epoch: int) -> dict:
@@ -224,11 +225,11 @@ def test_a_kill_at_any_point_leaves_a_consistent_record(
 _KILL_SCRIPT = """
 import os, signal, sys
 from canlib.config import load_config
-from canlib.engine import trainer
+from canlib.engine import run_folder
 from canlib.engine.trainer import Trainer, train
 Trainer.train_one_epoch = lambda self, epoch: {"epoch": epoch, "images_per_s": 1.0}
 Trainer.evaluate = lambda self: {"mAP": 0.5, "rank1": 0.5, "mINP": 0.25}
-trainer.run_record = lambda cfg, device=None: {}
+run_folder.run_record = lambda cfg, device=None: {}
 real = Trainer.save_checkpoint
 def save(self):
     if self.epoch == 2:

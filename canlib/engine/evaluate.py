@@ -16,6 +16,7 @@ from torch import nn
 from canlib.config import EvalSection
 from canlib.engine.build import build_eval_loaders, resolve_device, target_config
 from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.precision import autocast
 from canlib.metrics import evaluate_features
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def extract_features(
         images = batch.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             f = model(images).float()
             if flip_tta:
                 f = 0.5 * (f + model(torch.flip(images, dims=[3])).float())

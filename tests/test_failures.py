@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from canlib.__main__ import main
@@ -359,6 +360,25 @@ def test_resume_accepts_the_same_data_at_another_path(tiny_data, run_copy, data_
     with pytest.warns(StatisticsMismatchWarning):  # the generator's recorded counts differ too
         code, errors = cli(caplog, *train_args(data_copy, run_copy, flags=("--resume",)))
     one_line(code, errors, "train_images", str(data_copy))
+
+
+@pytest.mark.parametrize("record", ["config.yaml", "run.json"])
+def test_resume_refuses_a_run_recorded_in_an_older_format(tiny_data, run_copy, caplog, record):
+    """A record lacking what canlib writes now (a configuration key, the data statistics) is refused."""
+    if record == "config.yaml":
+        cfg = yaml.safe_load((run_copy / record).read_text())
+        del cfg["train"]["sync_bn"]
+        (run_copy / record).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        words = ["lacks", "train.sync_bn", "older canlib"]
+    else:
+        meta = json.loads((run_copy / record).read_text())
+        del meta["data"]
+        (run_copy / record).write_text(json.dumps(meta))
+        words = ["no data statistics", "older canlib"]
+    before = snapshot(run_copy)
+    code, errors = cli(caplog, *train_args(tiny_data, run_copy, flags=("--resume",)))
+    one_line(code, errors, str(run_copy), *words)
+    assert snapshot(run_copy) == before
 
 
 # ---------------------------------------------------------------- 6. smaller ones

@@ -129,8 +129,8 @@ class RunFolder:
                 f"cannot resume {self.path}: the configuration differs in {changed} "
                 f"(a resumed run may change only {', '.join(RESUMABLE_CHANGES)})"
             )
-        recorded = self._read("run.json")
-        recorded = recorded.get("data", {}).get("statistics") if isinstance(recorded, dict) else None
+        data = (self._read("run.json") or {}).get("data")
+        recorded = data.get("statistics") if isinstance(data, dict) else None
         if not isinstance(recorded, dict) or not recorded:
             raise RunFolderError(
                 f"cannot resume {self.path}: its run.json records no data statistics, so it was written by an "

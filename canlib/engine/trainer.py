@@ -3,7 +3,8 @@
 The loop alone lives here; its collaborators each have a module: the output folder and what a
 resume must match (:mod:`canlib.engine.run_folder`), checkpoint files and RNG states
 (:mod:`canlib.engine.checkpoint`), mixed precision (:mod:`canlib.engine.precision`), DDP
-(:mod:`canlib.engine.distributed`) and the ways a run stops (:mod:`canlib.engine.errors`).
+(:mod:`canlib.engine.distributed`), the checks before the first write (:mod:`canlib.engine.checks`)
+and the ways a run stops (:mod:`canlib.engine.errors`, whose names are importable from here too).
 
 A non-finite loss stops training with :class:`TrainingDiverged`; the checkpoint on disk is
 then still the one written at the end of the last good epoch. Each epoch's log line is

@@ -26,9 +26,10 @@ from canlib.config import ConfigError, load_config
 from canlib.data.datasets import DATASETS, dataset_names
 from canlib.data.synthetic import SYNTHETIC_DESCRIPTION, SYNTHETIC_HELP, SyntheticConfig, make_synthetic, sample_grid
 from canlib.engine.checkpoint import CHECKPOINT
+from canlib.engine.errors import TrainingDiverged, TrainingInterrupted, error_line
 from canlib.engine.evaluate import evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
-from canlib.engine.trainer import TrainingDiverged, TrainingInterrupted, error_line, train
+from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
 from canlib.lab import decide, grid, pretrain
 from canlib.metrics import AP_VARIANTS, METRICS

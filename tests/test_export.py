@@ -15,8 +15,15 @@ import yaml
 
 from canlib.__main__ import main
 from canlib.config import load_config
-from canlib.engine.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from canlib.engine.trainer import Trainer, _rng_state, _set_rng_state, train
+from canlib.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from canlib.engine.trainer import Trainer, train
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -65,12 +72,12 @@ def test_rng_states_survive_a_weights_only_file_exactly(tmp_path):
     torch.manual_seed(7)
     random.gauss(0, 1)  # cached Gaussians are part of the state
     np.random.standard_normal()
-    save_checkpoint({"rng": _rng_state()}, tmp_path / "rng.pt")
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
     expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     random.seed(0)  # scramble, then restore from the file
     np.random.seed(0)
     torch.manual_seed(0)
-    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     again = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     assert again == expected
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from canlib.__main__ import main
 from canlib.config import ConfigError, load_config
 from canlib.data import StatisticsMismatchWarning, load_dataset
+from canlib.engine import run_folder
 from canlib.engine import trainer as trainer_module
 from canlib.engine.trainer import CHECKPOINT, Trainer, TrainingDiverged, train
 
@@ -40,7 +42,7 @@ TINY = [
 @pytest.fixture(autouse=True)
 def quick_record(monkeypatch):
     """run.json without the code fingerprint (seconds of parsing that no test here looks at)."""
-    monkeypatch.setattr(trainer_module, "run_record", lambda cfg, device=None: {"seed": cfg["seed"]})
+    monkeypatch.setattr(run_folder, "run_record", lambda cfg, device=None: {"seed": cfg["seed"]})
 
 
 def _stand_in_epoch(self, epoch: int) -> dict:
@@ -224,11 +226,11 @@ def test_a_kill_at_any_point_leaves_a_consistent_record(
 _KILL_SCRIPT = """
 import os, signal, sys
 from canlib.config import load_config
-from canlib.engine import trainer
+from canlib.engine import run_folder
 from canlib.engine.trainer import Trainer, train
 Trainer.train_one_epoch = lambda self, epoch: {"epoch": epoch, "images_per_s": 1.0}
 Trainer.evaluate = lambda self: {"mAP": 0.5, "rank1": 0.5, "mINP": 0.25}
-trainer.run_record = lambda cfg, device=None: {}
+run_folder.run_record = lambda cfg, device=None: {}
 real = Trainer.save_checkpoint
 def save(self):
     if self.epoch == 2:
@@ -358,6 +360,25 @@ def test_resume_accepts_the_same_data_at_another_path(tiny_data, run_copy, data_
     with pytest.warns(StatisticsMismatchWarning):  # the generator's recorded counts differ too
         code, errors = cli(caplog, *train_args(data_copy, run_copy, flags=("--resume",)))
     one_line(code, errors, "train_images", str(data_copy))
+
+
+@pytest.mark.parametrize("record", ["config.yaml", "run.json"])
+def test_resume_refuses_a_run_recorded_in_an_older_format(tiny_data, run_copy, caplog, record):
+    """A record lacking what canlib writes now (a configuration key, the data statistics) is refused."""
+    if record == "config.yaml":
+        cfg = yaml.safe_load((run_copy / record).read_text())
+        del cfg["train"]["sync_bn"]
+        (run_copy / record).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        words = ["lacks", "train.sync_bn", "older canlib"]
+    else:
+        meta = json.loads((run_copy / record).read_text())
+        del meta["data"]
+        (run_copy / record).write_text(json.dumps(meta))
+        words = ["no data statistics", "older canlib"]
+    before = snapshot(run_copy)
+    code, errors = cli(caplog, *train_args(tiny_data, run_copy, flags=("--resume",)))
+    one_line(code, errors, str(run_copy), *words)
+    assert snapshot(run_copy) == before
 
 
 # ---------------------------------------------------------------- 6. smaller ones

@@ -1,4 +1,5 @@
-"""Checkpoint files: one path, atomic writes, and loading that never runs code from the file.
+"""Checkpoint files: one path, atomic writes, loading that never runs code from the file, and
+the random generators' state a checkpoint carries for an exact resume.
 
 A checkpoint or an exported weights file may come from someone else. ``torch.load`` with
 ``weights_only=True`` unpickles only tensors and plain Python data (dicts, lists, tuples,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import random
 import re
 import warnings
 import zipfile
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,11 +63,6 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:
         names = []
-    if names and all(n.startswith("numpy.") for n in names):
-        return (
-            f"{path}: holds NumPy objects ({', '.join(names)}): a checkpoint written before canlib stored "
-            "RNG states as tensors; weights-only loading refuses it, so retrain the run"
-        )
     detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
     what = f"it would call {', '.join(names)}" if names else detail or type(exc).__name__
     return (
@@ -123,3 +121,69 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
             + "; was it trained with another configuration?"
         )
     model.load_state_dict(state)
+
+
+def state_of(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Each part's ``state_dict()`` under its name (``None`` for an absent part, e.g. no centre optimiser)."""
+    return {name: None if part is None else part.state_dict() for name, part in parts.items()}
+
+
+def load_state_of(parts: Mapping[str, Any], state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Load what :func:`state_of` saved into ``parts``, in order; ``"model"`` through :func:`load_model_state`.
+
+    A part absent here or in the file (``None``) is skipped.
+    """
+    for name, part in parts.items():
+        if name == "model":
+            load_model_state(part, state[name], path)
+        elif part is not None and state[name] is not None:
+            part.load_state_dict(state[name])
+
+
+# --------------------------------------------------------------------------- random generators
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain values (what ``weights_only`` loading accepts)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` stored, exactly."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["internal"].tolist()), py["gauss_next"]))
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -122,6 +122,27 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def training_module(model: nn.Module, device: torch.device, info: DistInfo, compile_model: bool) -> Callable[..., Any]:
+    """What a training step calls: ``model`` in DDP (several processes), compiled if asked.
+
+    ``model`` itself stays the plain module: checkpoints and evaluation use it.
+    """
+    module: Callable[..., Any] = model
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile_model:
+        module = torch.compile(module)
+    return module
+
+
+def broadcast_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank, so that every rank evaluates one model."""
+    if info.enabled:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 # --------------------------------------------------------------------------- gathering
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from canlib.config import EvalSection
 from canlib.engine.build import build_eval_loaders, resolve_device, target_config
 from canlib.engine.checkpoint import checkpoint_path
+from canlib.engine.precision import autocast
 from canlib.engine.record import run_record
 from canlib.engine.weights import model_from_checkpoint, read_run_config
 from canlib.metrics import evaluate_features
@@ -44,7 +45,7 @@ def extract_features(
         images = batch.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             f = model(images).float()
             if flip_tta:
                 f = 0.5 * (f + model(torch.flip(images, dims=[3])).float())

@@ -1,0 +1,238 @@
+"""A run's output folder: when it may be written, what it records, and what a resume must match.
+
+The folder holds::
+
+    config.yaml        the resolved configuration
+    run.json           seed, git commit, code fingerprint, library versions, machine, data statistics
+    log.jsonl          one line per epoch: lr, mean loss terms, images/s (and metrics when evaluated)
+    checkpoints/last.pt  model, optimisers, scheduler, centres, RNG states and epoch
+    metrics.json       the final evaluation (mAP, rank-k, mINP, the AP variant used)
+
+A folder holding a run is refused without ``resume`` or ``overwrite``, and one that cannot be
+written is refused before any work. Each epoch's log line is appended (in one flushed write)
+before its checkpoint; a resume drops the lines past the checkpoint's epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from canlib.config import dump_config
+from canlib.engine.checkpoint import CHECKPOINT, checkpoint_path
+from canlib.engine.errors import RunFolderError, error_line
+from canlib.engine.record import run_record
+
+log = logging.getLogger(__name__)
+
+#: Configuration keys a resumed run may change (extending a run is allowed).
+RESUMABLE_CHANGES = (
+    "optim.epochs",
+    "train.progress",
+    "train.eval_every",
+    "data.num_workers",
+    "data.cache",
+    "train.compile",
+    "data.root",
+    "data.verify_images",
+)
+#: Files that make a folder a run: ``train`` refuses to start over them without --resume or --overwrite.
+RUN_FILES = (CHECKPOINT, "metrics.json")
+
+
+def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Before any work: refuse a folder holding a run (unless resuming or overwriting) and one
+    that cannot be written. Writes nothing but a temporary probe file, removed at once."""
+    if resume and overwrite:
+        raise RunFolderError(
+            "--resume continues the run in the output folder and --overwrite replaces it: pass one of them"
+        )
+    found = [name for name in RUN_FILES if (out / name).is_file()]
+    if found and not (resume or overwrite):
+        raise RunFolderError(
+            f"the output folder {out} already holds a run ({', '.join(found)}): pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --output"
+        )
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"cannot create the output folder {out}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise RunFolderError(f"cannot write to the output folder {out}: {exc.strerror or exc} ({existing})") from None
+
+
+def changed_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested configurations (or that one lacks)."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            keys += changed_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
+    """Whether the nested ``cfg`` holds the dotted key."""
+    node: Any = cfg
+    for name in dotted.split("."):
+        if not isinstance(node, Mapping) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+class RunFolder:
+    """The files of one run in ``path``; rank 0 alone writes them (the caller's business)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.log_path = self.path / "log.jsonl"
+        self.checkpoint = checkpoint_path(self.path)
+
+    def check(self, resume: bool = False, overwrite: bool = False) -> None:
+        """See :func:`check_output_dir`."""
+        check_output_dir(self.path, resume=resume, overwrite=overwrite)
+
+    def _read(self, name: str) -> Any:
+        try:
+            text = (self.path / name).read_text()
+            return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise RunFolderError(f"cannot resume {self.path}: its {name} cannot be read ({error_line(exc)})") from None
+
+    def check_resumable(self, config: Mapping[str, Any], statistics: Mapping[str, Any], data_root: Any) -> None:
+        """The run in the folder has ``config`` (up to :data:`RESUMABLE_CHANGES`) and data of these ``statistics``."""
+        saved = self._read("config.yaml") or {}
+        changed = [k for k in changed_keys(saved, config) if k not in RESUMABLE_CHANGES]
+        lacking = [k for k in changed if not _has(saved, k)]
+        if lacking:
+            raise RunFolderError(
+                f"cannot resume {self.path}: its config.yaml lacks {lacking}, so it was written by an older "
+                "canlib; retrain the run (--overwrite) or choose another --output"
+            )
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.path}: the configuration differs in {changed} "
+                f"(a resumed run may change only {', '.join(RESUMABLE_CHANGES)})"
+            )
+        data = (self._read("run.json") or {}).get("data")
+        recorded = data.get("statistics") if isinstance(data, dict) else None
+        if not isinstance(recorded, dict) or not recorded:
+            raise RunFolderError(
+                f"cannot resume {self.path}: its run.json records no data statistics, so it was written by an "
+                "older canlib; retrain the run (--overwrite) or choose another --output"
+            )
+        diffs = [
+            f"{key} {statistics.get(key)} (the run's {value})"
+            for key, value in recorded.items()
+            if statistics.get(key) != value
+        ]
+        if diffs:
+            raise ValueError(
+                f"cannot resume {self.path}: the data set at {data_root} is not the one it was "
+                f"trained on: {'; '.join(diffs)}"
+            )
+
+    def start(self, epoch: int, finished: bool, overwrite: bool) -> None:
+        """The first writes of a run at ``epoch``: clear a replaced run's files, trim or start the log."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if overwrite or not finished:  # metrics.json will be rewritten
+            (self.path / "metrics.json").unlink(missing_ok=True)
+        if epoch == 0:
+            self.checkpoint.unlink(missing_ok=True)  # a replaced run's, if any
+            self.log_path.write_text("")
+        elif self.log_path.is_file():
+            trim_log(self.log_path, epoch)
+
+    def write_record(self, config: Mapping[str, Any], device: torch.device, **sections: Any) -> None:
+        """``config.yaml`` and ``run.json`` (the run record, with ``sections`` such as the data statistics)."""
+        dump_config(config, self.path / "config.yaml")
+        record = {**run_record(dict(config), device), **sections}
+        (self.path / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def append_log(self, stats: Mapping[str, Any]) -> None:
+        """Append an epoch's line to ``log.jsonl``."""
+        append_line(self.log_path, stats)
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """``metrics.json``: the final evaluation."""
+        (self.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    def kept(self, saved_epoch: int | None) -> str:
+        """Which checkpoint a stopped run leaves behind (for the error messages)."""
+        if saved_epoch is None:
+            return "no checkpoint was written yet, so there is nothing to resume"
+        return f"the last good checkpoint (end of epoch {saved_epoch}) is kept at {self.checkpoint}"
+
+    def how_to_finish(self, epoch: int) -> str:
+        """What to do when training finished but its final evaluation did not."""
+        return (
+            f"the checkpoint of epoch {epoch} is kept at {self.checkpoint}: once the cause is "
+            f"fixed, rerun the same train command with --resume (it only evaluates) or run "
+            f"`python -m canlib evaluate --run {self.path}`"
+        )
+
+
+class EpochLine:
+    """An epoch's line of ``log.jsonl``: its loss terms summed over its images (each batch weighs its
+    global size), then their means, the learning rate and the speed."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.seen = 0
+
+    def add(self, terms: Mapping[str, float], batch: int) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * batch
+        self.seen += batch
+
+    def postfix(self) -> dict[str, str]:
+        """The running means, for the progress bar."""
+        return {k: f"{v / self.seen:.3f}" for k, v in self.sums.items()}
+
+    def line(self, epoch: int, lr: float, elapsed: float) -> dict[str, Any]:
+        """The line: epoch, lr, ``loss_<term>`` (the epoch's mean of each term), images and speed."""
+        return {
+            "epoch": epoch,
+            "lr": lr,
+            **{f"loss_{k}": v / max(self.seen, 1) for k, v in self.sums.items()},
+            "images": self.seen,
+            "seconds": elapsed,
+            "images_per_s": self.seen / elapsed if elapsed > 0 else math.nan,
+        }
+
+
+def append_line(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line in one write, flushed to disk."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def trim_log(path: Path, epoch: int) -> None:
+    """Keep the log lines up to ``epoch`` (a resumed checkpoint's); drop later and torn lines."""
+    kept, torn = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            if line.strip() and int(json.loads(line)["epoch"]) <= epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (a write cut short)", path, torn)
+    path.write_text("".join(line + "\n" for line in kept))

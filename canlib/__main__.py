@@ -20,7 +20,6 @@ _COMMAND_MODULES = (
     "canlib.engine.weights",  # export
     "canlib.lab.pretrain",  # export-trunk
     "canlib.lab.decide",  # decide
-    "canlib.lab.certify",  # certify
 )
 
 

@@ -26,10 +26,10 @@ from canlib.engine.checkpoint import checkpoint_path, load_checkpoint
 #: The folders whose records the digest covers (``ablations-v1`` and ``calibration`` predate it).
 RECORD_DIRS = ("ablations", "decisions", "pretrained")
 #: The short schedule (``data.p``/``data.val_ids`` are scaled to the tiny set in :func:`short_config`).
-SHORT = ("seed=0", "optim.epochs=2", "optim.milestones=[1]", "train.max_batches_per_epoch=2", "train.eval_every=0")
-SHORT += ("train.progress=false", "data.num_workers=0")
+_STEPS = ("seed=0", "optim.epochs=2", "optim.milestones=[1]", "train.max_batches_per_epoch=2")
+SHORT = (*_STEPS, "train.eval_every=0", "train.progress=false", "data.num_workers=0")
 #: The tiny synthetic set (``canlib.data.make_synthetic``): 9 training and 7 test identities.
-DATA = {"ids": 16, "seed": 7, "images_per_id": 6, "height": 96, "width": 32}
+DATA: dict[str, Any] = {"ids": 16, "seed": 7, "images_per_id": 6, "height": 96, "width": 32}
 TIMING_KEYS = ("seconds", "images_per_s")
 
 

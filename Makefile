@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide gpu-check clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest gpu-check clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -29,6 +29,7 @@ help:
 	@echo "make ablations   the cpu-profile grid of Tables 2-4 (reuses recorded runs)"
 	@echo "make experiments the training and ablation notebooks via papermill, copies in results/notebooks"
 	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
+	@echo "make digest      rewrite results/training-digest.json (after recording runs; tests/test_digest.py checks it)"
 	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
 	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
 	@echo "make benchmarks  evaluator, data and throughput benchmarks"
@@ -89,6 +90,10 @@ ablations: $(STAMP) data
 # identities before the grid is run (results/decisions/; configs/cpu.yaml holds the choices).
 decide: $(STAMP) data
 	$(BIN)/python -m canlib decide --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
+
+# One SHA-256 per configuration the records use, of a short bit-exact training (canlib.lab.digest).
+digest: $(STAMP)
+	$(BIN)/python -m canlib digest
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force

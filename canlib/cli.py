@@ -31,7 +31,7 @@ from canlib.engine.evaluate import evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
-from canlib.lab import decide, grid, pretrain
+from canlib.lab import decide, digest, grid, pretrain
 from canlib.metrics import AP_VARIANTS, METRICS
 
 log = logging.getLogger(__name__)
@@ -391,6 +391,25 @@ def _add_export_trunk(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export_trunk)
 
 
+@_reports_user_errors
+def _digest(args: argparse.Namespace) -> int:
+    data = digest.write_digest(args.results, args.out)
+    log.info("training digest of %d configurations written (%s)", len(data["digests"]), args.out)
+    return 0
+
+
+def _add_digest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "digest",
+        help="rewrite the training digest of every recorded configuration (make digest)",
+        description=digest.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--results", default="results", help="the folder of recorded runs")
+    p.add_argument("--out", default="results/training-digest.json", help="the digest file to write")
+    p.set_defaults(func=_digest)
+
+
 #: The sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_make_synthetic,
@@ -400,6 +419,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_export,
     _add_export_trunk,
     _add_decide,
+    _add_digest,
 )
 
 

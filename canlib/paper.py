@@ -3,7 +3,7 @@
 This module is the one home of the paper's knowledge (Li et al., 2021): the part patterns
 of Tables 2-3, the loss combinations of Table 4, which loss trained Tables 2-3, and the
 numbers of Tables 2-6. The training code never imports it, so relabelling a row here does
-not change the training-code fingerprint (:mod:`canlib.engine.record`).
+not change what any configuration trains (the training digest, :mod:`canlib.lab.digest`).
 
 All values are percentages on Market-1501 unless a data set is named, copied from the
 paper's Tables 2-6. Missing entries are ``None``. Known inconsistencies in the paper are

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from canlib.config import config_hash
+from canlib.engine.record import git_commit
 from canlib.lab import grid as ablation
 from canlib.lab.analysis import judge_claims, summarize
 from canlib.lab.grid import ablation_rows, resolve, run_grid
@@ -73,20 +75,13 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     recorded = tmp_path / "results" / records[0]["run"]
     assert sorted(p.name for p in recorded.iterdir()) == ["config.yaml", "log.jsonl", "metrics.json", "run.json"]
     assert run_grid(**kwargs) == records and len(calls) == 1  # reused, not retrained
-    # A run recorded by different code is not reused.
-    run_json = recorded / "run.json"
-    record = json.loads(run_json.read_text())
-    other_code = {"code_fingerprint": "000000000000", "code_modules": {**record["code_modules"], "model.py": "0" * 12}}
-    run_json.write_text(json.dumps({**record, **other_code}))
-    run_grid(**kwargs)
-    assert len(calls) == 2
-    # ... and its working folder, when trained by other code, is discarded rather than resumed.
+    # Reuse goes by the configuration hash alone: whether the checked-out code still trains a
+    # recorded configuration as before is the training digest's job (tests/test_digest.py).
+    assert records[0]["commit"] == json.loads((recorded / "run.json").read_text())["git"]["commit"]
+    shutil.rmtree(recorded)  # a lost record: the finished working folder is resumed, not retrained
     train_log = tmp_path / "runs" / records[0]["run"] / "train.log"
-    assert "resumed from" in train_log.read_text()  # same code: the finished checkpoint is reused
-    for folder in (recorded, tmp_path / "runs" / records[0]["run"]):
-        run_json = folder / "run.json"
-        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **other_code}))
-    assert run_grid(**kwargs) == records and len(calls) == 3
+    assert run_grid(**kwargs) == records and len(calls) == 2 and "resumed from" in train_log.read_text()
+    assert run_grid(**kwargs, force=True) == records and len(calls) == 3  # force: retrained from scratch
     assert "resumed from" not in train_log.read_text()
 
 
@@ -109,7 +104,8 @@ def test_load_records_reads_without_training(tiny_data, tmp_path):
     assert ablation.load_records(SMOKE, tiny_data, **kwargs) == []
     run_grid(SMOKE, tiny_data, runs_dir=tmp_path / "runs", **kwargs)
     (record,) = ablation.load_records(SMOKE, tiny_data, **kwargs)
-    assert record["current"] and record["row"] == "CE" and 0 <= record["mAP"] <= 1
+    assert record["row"] == "CE" and 0 <= record["mAP"] <= 1
+    assert (record["commit"], record["dirty"]) == tuple(git_commit().values())  # trained by this checkout
 
 
 def _records(values_by_row: dict[tuple[str, str], list[float]]) -> list[dict]:

@@ -41,7 +41,7 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def quick_record(monkeypatch):
-    """run.json without the code fingerprint (seconds of parsing that no test here looks at)."""
+    """run.json without git and library versions (subprocesses and imports that no test here looks at)."""
     monkeypatch.setattr(run_folder, "run_record", lambda cfg, device=None: {"seed": cfg["seed"]})
 
 

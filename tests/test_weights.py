@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import load_config
+from canlib.config import config_hash, load_config
 from canlib.engine.build import build_dataset, build_loaders
 from canlib.engine.checkpoint import CheckpointError, checkpoint_path
 from canlib.engine.trainer import Trainer, train
@@ -29,7 +29,7 @@ def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dt
     assert path.stat().st_size < checkpoint_path(finished_run).stat().st_size
     model, meta = load_trained(path)
     assert not model.training and meta["epoch"] == 2 and meta["metrics"]["mAP"] >= 0
-    assert meta["record"]["code_fingerprint"] and meta["config"]["data"]["root"]
+    assert meta["record"]["config_hash"] == config_hash(meta["config"]) and meta["config"]["data"]["root"]
 
     trainer = Trainer.from_config(meta["config"], tmp_path / "again", device="cpu")
     trainer.load_checkpoint(checkpoint_path(finished_run))

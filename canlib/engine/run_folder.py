@@ -3,7 +3,7 @@
 The folder holds::
 
     config.yaml        the resolved configuration
-    run.json           seed, git commit, code fingerprint, library versions, machine, data statistics
+    run.json           seed, git commit and dirty flag, configuration hash, library versions, machine, data statistics
     log.jsonl          one line per epoch: lr, mean loss terms, images/s (and metrics when evaluated)
     checkpoints/last.pt  model, optimisers, scheduler, centres, RNG states and epoch
     metrics.json       the final evaluation (mAP, rank-k, mINP, the AP variant used)

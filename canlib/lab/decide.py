@@ -230,9 +230,7 @@ def run_decisions(
     out = Path(results_dir) / "decisions.json"
     for index, stage in enumerate(stages):
         rows = stage_rows(stage, chosen, pending_defaults(stages, index))
-        records = run_grid(
-            profile, data_root, rows, seeds, results_dir, runs_dir, device=device, jobs=jobs, any_code=True
-        )
+        records = run_grid(profile, data_root, rows, seeds, results_dir, runs_dir, device=device, jobs=jobs)
         decision = decide(stage, records)
         log.info("stage %s: %s (%s)", stage.name, decision.chosen, decision.reason)
         decisions.append(decision)

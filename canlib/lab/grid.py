@@ -4,10 +4,10 @@ Each row of the paper's Tables 2, 3 and 4 is a set of configuration overrides on
 profile, built from :mod:`canlib.paper` (the part patterns, the loss rows, and the loss that
 trained Tables 2-3). A run is identified by the hash of its resolved configuration (seed
 included) and recorded under ``results_dir/<hash>/`` with its configuration, run record,
-per-epoch log and metrics. A recorded run is reused when its configuration hash matches and
-it was trained by the current training code, module by module, or by code that
-``python -m canlib certify`` showed to train bit-for-bit the same (:func:`freshness`), so
-rerunning the grid only trains what changed; ``force=True`` retrains everything. The
+per-epoch log and metrics. A recorded run is reused when its configuration hash matches, so
+rerunning the grid only trains what is missing; ``force=True`` retrains everything. Whether the
+checked-out code still trains each recorded configuration as the recording code did is checked by
+the training digest (:mod:`canlib.lab.digest`, ``tests/test_digest.py``), not here. The
 statistics over seeds and the paper's claims live in :mod:`canlib.lab.analysis`.
 """
 
@@ -23,20 +23,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
-from canlib.engine.record import (
-    changed_inputs,
-    changed_modules,
-    code_fingerprint,
-    copy_record,
-    load_equivalences,
-    module_fingerprints,
-)
+from canlib.engine.record import copy_record
 from canlib.lab.analysis import summarize
 
 log = logging.getLogger(__name__)
@@ -88,26 +81,19 @@ def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> 
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
 
 
-def recorded_run(results_dir: Path, cfg: dict[str, Any], current: CheckoutState | None) -> dict[str, Any] | None:
-    """The metrics of a recorded run with this configuration, or None.
+def provenance(run_dir: str | Path) -> dict[str, Any]:
+    """The commit that trained a recorded run and whether its work tree differed from it (``run.json``)."""
+    git = json.loads((Path(run_dir) / "run.json").read_text()).get("git") or {}
+    return {"commit": git.get("commit"), "dirty": git.get("dirty")}
 
-    With ``current`` (the checkout, :func:`checkout_state`) the run
-    must also have been trained by the current code, or code certified equivalent to it
-    (:func:`freshness`); with ``None`` any recorded run of the configuration is returned.
-    """
+
+def recorded_run(results_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of the recorded run with this configuration and its :func:`provenance`, or None."""
     folder = Path(results_dir) / config_hash(cfg)
     try:
-        record = json.loads((folder / "run.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
+        return {**json.loads((folder / "metrics.json").read_text()), **provenance(folder)}
     except (OSError, json.JSONDecodeError):
         return None
-    if current is not None and freshness(folder, current) != "":
-        return None
-    return {
-        **metrics,
-        "code_fingerprint": record.get("code_fingerprint"),
-        "commit": record.get("git", {}).get("commit"),
-    }
 
 
 def load_records(
@@ -119,82 +105,31 @@ def load_records(
 ) -> list[dict[str, Any]]:
     """Read the recorded runs of a grid without training anything (for the book).
 
-    Each record says whether it was trained by the current code (``current``) and, when not,
-    which training modules changed since (``changed``, see :func:`freshness`); runs that were
-    never recorded are left out, so a reader sees what exists and how fresh it is.
+    Each record names the commit that trained it and whether its tree was dirty
+    (:func:`provenance`); runs that were never recorded are left out, so a reader sees what exists.
     """
-    current = checkout_state()
     out = []
     for row in rows if rows is not None else ablation_rows():
         for seed in seeds:
             cfg = resolve(profile, row, seed, data_root)
-            metrics = recorded_run(Path(results_dir), cfg, None)
+            metrics = recorded_run(results_dir, cfg)
             if metrics is None:
                 continue
-            key = config_hash(cfg)
-            changed = freshness(Path(results_dir) / key, current)
-            out.append(
-                {
-                    "table": row.table,
-                    "row": row.label,
-                    "seed": seed,
-                    "run": key,
-                    "current": changed == "",
-                    "commit": metrics["commit"],
-                    "changed": changed,
-                    **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
-                }
-            )
+            run = {"table": row.table, "row": row.label, "seed": seed, "run": config_hash(cfg)}
+            out.append({**run, "commit": metrics["commit"], "dirty": metrics["dirty"]})
+            out[-1].update({k: metrics[k] for k in METRIC_KEYS if k in metrics})
     return out
-
-
-class CheckoutState(NamedTuple):
-    """What a recorded run is compared with: the checkout's training-code fingerprint, its
-    per-module fingerprints and the certified equivalences (read once per batch of runs)."""
-
-    fingerprint: str
-    modules: dict[str, str]
-    equivalences: list[dict[str, Any]]
-
-
-def checkout_state() -> CheckoutState:
-    """The checkout's :class:`CheckoutState`."""
-    return CheckoutState(code_fingerprint(), module_fingerprints(), load_equivalences())
-
-
-def freshness(run_dir: str | Path, current: CheckoutState | None = None) -> str:
-    """Which training modules changed since a recorded run: ``""`` when none (a current run),
-    a comma-separated list of modules otherwise, ``"unknown"`` when that cannot be told.
-
-    A module whose change was certified to train the same (``results/equivalences.json``,
-    :mod:`canlib.lab.certify`) does not count as changed.
-
-    ``current``: the checkout's :func:`checkout_state`, when the caller checks many runs
-    (read here otherwise).
-    """
-    fingerprint, modules, equivalences = current if current is not None else checkout_state()
-    try:
-        record = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return "unknown"
-    inputs = [f"{key} (file changed)" for key in changed_inputs(record, run_dir)]
-    if record.get("code_fingerprint") == fingerprint:
-        return ", ".join(inputs)
-    changed = changed_modules(record, modules, equivalences)
-    return "unknown" if changed is None else ", ".join(changed + inputs)
 
 
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     """The records of a frozen grid from its ``runs.csv`` (e.g. a "before" grid whose profile
-    and rows have since changed), each with its freshness as in :func:`load_records`."""
+    and rows have since changed), each with its :func:`provenance` as in :func:`load_records`
+    (the freshness columns older grids wrote, ``current`` and ``changed``, are dropped)."""
     results_dir = Path(results_dir)
     frame = pd.read_csv(results_dir / "runs.csv", dtype={"run": str})
-    records = [{str(k): v for k, v in rec.items()} for rec in frame.to_dict("records")]  # the CSV's column names
-    current = checkout_state()
-    for rec in records:
-        rec["changed"] = freshness(results_dir / rec["run"], current)
-        rec["current"] = rec["changed"] == ""
-    return records
+    stale = ("current", "changed")
+    records = [{str(k): v for k, v in rec.items() if k not in stale} for rec in frame.to_dict("records")]
+    return [{**rec, **provenance(results_dir / rec["run"])} for rec in records]
 
 
 def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: int) -> None:
@@ -221,13 +156,6 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
 
-def _is_stale(run_dir: Path, current: CheckoutState) -> bool:
-    """A working folder left by other training code (resuming it would mix two codes)."""
-    if not (run_dir / "run.json").is_file():
-        return False  # nothing recorded yet: an interrupted start, safe to resume
-    return freshness(run_dir, current) != ""
-
-
 def run_grid(
     profile: str | Path,
     data_root: str | Path,
@@ -239,33 +167,24 @@ def run_grid(
     device: str = "cpu",
     jobs: int = 1,
     threads_per_job: int | None = None,
-    any_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every (row, seed) and return one record per run (as :func:`load_records`).
 
     Identical configurations that appear in two tables (Table 3's Part-1,3,5,7 is Table 4's
     last row) are trained once. ``jobs`` runs train side by side in child processes. An
-    interrupted run resumes from its working folder; a folder left by other training code
-    (another fingerprint) is discarded first. ``any_code=True`` reuses a recorded run whatever
-    code trained it and returns stale records instead of raising (for exploratory stages
-    whose records say plainly which code made them; never for the grid the book reports).
+    interrupted run resumes from its working folder (``force=True`` discards it first).
     """
     rows = list(rows if rows is not None else ablation_rows())
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
-    current = checkout_state()
     threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
-    todo = {
-        key: cfg
-        for key, cfg in plan.items()
-        if force or recorded_run(results_dir, cfg, None if any_code else current) is None
-    }
+    todo = {key: cfg for key, cfg in plan.items() if force or recorded_run(results_dir, cfg) is None}
     log.info("ablation grid: %d runs, %d distinct, %d to train", len(rows) * len(seeds), len(plan), len(todo))
 
     def work(item: tuple[str, dict[str, Any]]) -> None:
         key, cfg = item
         run_dir = runs_dir / key
-        if run_dir.exists() and (force or (_is_stale(run_dir, current) and not any_code)):
+        if run_dir.exists() and force:
             shutil.rmtree(run_dir)
         _train_subprocess(cfg, run_dir, device, threads)
         log.info("recorded %s", copy_record(run_dir, results_dir / key))
@@ -275,9 +194,8 @@ def run_grid(
 
     records = load_records(profile, data_root, rows, seeds, results_dir)
     missing = len(rows) * len(seeds) - len(records)
-    stale = [r["run"] for r in records if not r["current"]]
-    if missing or (stale and not any_code):  # pragma: no cover - a finished run always records
-        raise RuntimeError(f"ablation grid incomplete: {missing} runs without metrics, stale runs {stale}")
+    if missing:  # pragma: no cover - a finished run always records
+        raise RuntimeError(f"ablation grid incomplete: {missing} runs without metrics")
     return records
 
 

@@ -9,6 +9,7 @@ The user's mistakes (configuration, data, files, device) are one logged line and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -29,6 +30,7 @@ from canlib.engine.checkpoint import CHECKPOINT
 from canlib.engine.errors import TrainingDiverged, TrainingInterrupted, error_line
 from canlib.engine.evaluate import evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
+from canlib.engine.run_folder import locked
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
 from canlib.lab import decide, digest, grid, pretrain
@@ -119,6 +121,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _using(run: str | Path, command: str) -> contextlib.AbstractContextManager[None]:
+    """The run folder's lock while ``command`` reads it (refused when a training holds it)."""
+    return locked(run, command) if Path(run).is_dir() else contextlib.nullcontext()
+
+
 def _check_evaluate_arguments(args: argparse.Namespace) -> None:
     """Before any work: a data set canlib reads, and a place the evaluation can be recorded."""
     if args.dataset is not None and args.dataset.lower() not in {name.lower() for name in dataset_names()}:
@@ -139,6 +146,11 @@ def _check_evaluate_arguments(args: argparse.Namespace) -> None:
 @_reports_user_errors
 def _evaluate(args: argparse.Namespace) -> int:
     _check_evaluate_arguments(args)
+    with _using(args.run, "evaluate"):
+        return _evaluate_locked(args)
+
+
+def _evaluate_locked(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run,
         dataset=args.dataset,
@@ -210,7 +222,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _export_onnx(args: argparse.Namespace, run: Path) -> int:
     check_destination(args.onnx)  # before the export and its parity check (seconds to minutes)
     try:
-        report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
+        with _using(run, "export"):
+            report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
     except ParityError as exc:
         print(json.dumps(exc.report, indent=2))
         log.error("%s", exc)
@@ -238,7 +251,8 @@ def _export(args: argparse.Namespace) -> int:
     for dest in dests:  # every destination before any work
         check_destination(dest)
     for run, dest in zip(runs, dests, strict=True):
-        export_weights(run, dest, dtype=dtype)
+        with _using(run, "export"):
+            export_weights(run, dest, dtype=dtype)
         log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
     return 0
 

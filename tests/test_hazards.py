@@ -3,6 +3,15 @@ argument names the option it came from. Each test fails on the code before the f
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from canlib import cli
@@ -82,3 +91,98 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped_and_said_once(tmp_path, cap
         data.verify_images()
     (line,) = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
     assert "1 16-bit grayscale" in line and "1 RGBA" in line
+
+
+# ---------------------------------------------------------------------------------------------- one folder, one command
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+TINY = ["model.parts=[1,2]", "data.height=32", "data.width=16", "model.embed_dim=16", "train.max_batches_per_epoch=1"]
+HOLD = """
+import sys, time
+from canlib.engine.run_folder import locked
+with locked(sys.argv[1], "train"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _train_args(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(SMOKE), "--data-root", str(data), "--output", str(run), "--device", "cpu", *extra]
+
+
+@contextlib.contextmanager
+def _holder(run: Path, seconds: float = 60.0):
+    """Another process holding the run folder's lock, as a training in progress does."""
+    run.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_command_on_a_folder_in_use_is_refused_naming_the_holder(tiny_data, tmp_path, caplog):
+    run = tmp_path / "run"
+    assert cli.main([*_train_args(tiny_data, run), *TINY, "optim.epochs=1"]) == 0
+    log_before = (run / "log.jsonl").read_text()
+    with _holder(run) as proc:
+        for argv in (
+            _train_args(tiny_data, run, "--resume", *TINY, "optim.epochs=2"),
+            _train_args(tiny_data, run, "--overwrite", *TINY, "optim.epochs=1"),
+            ["evaluate", "--run", str(run), "--device", "cpu"],
+            ["export", "--run", str(run), "--out", str(tmp_path / "w.pt")],
+        ):
+            caplog.clear()
+            assert cli.main(argv) == cli.EXIT_BAD_INPUT, argv[0]
+            assert f"is in use by pid {proc.pid}" in caplog.text and "(train)" in caplog.text
+    assert (run / "log.jsonl").read_text() == log_before and not (tmp_path / "w.pt").exists()
+    assert cli.main(_train_args(tiny_data, run, "--resume", *TINY, "optim.epochs=2")) == 0  # the lock went with it
+
+
+def test_two_trainings_started_together_give_one_intact_run(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=150")]
+    first = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    while not (run / "checkpoints" / "last.pt").exists() and first.poll() is None:  # training, lock held
+        time.sleep(0.05)
+    second = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == cli.EXIT_BAD_INPUT and f"in use by pid {first.pid}" in second.stderr
+    epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 151)) and (run / "metrics.json").is_file()
+
+
+def test_a_killed_training_leaves_no_lock_in_the_way_of_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=400")]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists()
+    assert cli.main(_train_args(tiny_data, run, "--resume", *TINY, "optim.epochs=2")) == 0
+
+
+def test_overwrite_replaces_every_file_of_the_run_and_keeps_the_others(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert cli.main([*_train_args(tiny_data, run), *TINY, "optim.epochs=1"]) == 0
+    assert cli.main(["evaluate", "--run", str(run), "--device", "cpu", "--flip-tta"]) == 0
+    assert list((run / "evaluations").iterdir())
+    (run / "notes.md").write_text("mine")
+    assert cli.main([*_train_args(tiny_data, run, "--overwrite"), *TINY, "optim.epochs=1", "seed=1"]) == 0
+    assert not (run / "evaluations").exists() and (run / "notes.md").read_text() == "mine"
+
+
+def test_a_folder_that_is_not_a_run_is_refused_unless_overwrite(tiny_data, tmp_path, caplog):
+    run = tmp_path / "photos"
+    run.mkdir()
+    (run / "holiday.jpg").write_bytes(b"")
+    assert cli.main([*_train_args(tiny_data, run), *TINY, "optim.epochs=1"]) == cli.EXIT_BAD_INPUT
+    assert "holds files that are not a run's (holiday.jpg)" in caplog.text
+    assert sorted(p.name for p in run.iterdir()) == ["holiday.jpg"]
+    assert cli.main([*_train_args(tiny_data, run, "--overwrite"), *TINY, "optim.epochs=1"]) == 0
+    assert (run / "holiday.jpg").exists() and (run / "metrics.json").exists()

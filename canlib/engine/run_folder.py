@@ -15,15 +15,19 @@ before its checkpoint; a resume drops the lines past the checkpoint's epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
+import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import filelock
 import torch
 import yaml
 
@@ -47,6 +51,77 @@ RESUMABLE_CHANGES = (
 )
 #: Files that make a folder a run: ``train`` refuses to start over them without --resume or --overwrite.
 RUN_FILES = (CHECKPOINT, "metrics.json")
+#: Everything a run writes in its folder: ``--overwrite`` replaces these and keeps anything else.
+RUN_ENTRIES = ("config.yaml", "run.json", "log.jsonl", "metrics.json", "checkpoints", "evaluations")
+#: The lock a command holds on a run folder while it trains, evaluates or exports it.
+LOCK = ".lock"
+
+
+class FolderBusy(RunFolderError):
+    """Another command holds the run folder's lock."""
+
+
+#: The folders this process holds the lock of (a check inside its own command does not refuse it).
+_HELD: set[Path] = set()
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path, command: str) -> Iterator[None]:
+    """Hold ``folder``'s exclusive lock while ``command`` runs; refuse at once, naming the holder, when
+    another process holds it. The lock is the kernel's (``filelock``, flock on POSIX): a killed holder
+    releases it, so a later ``--resume`` is never blocked by a stale lock. A folder that cannot be
+    written (a read-only run evaluated with ``--out``) cannot be trained either, and is not locked."""
+    folder = Path(folder)
+    holder = f"pid {os.getpid()} on {socket.gethostname()} ({command})"
+
+    def sign(fd: int) -> None:  # who holds it, for the refusal the next command prints
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode())
+
+    lock = filelock.FileLock(folder / LOCK, timeout=0, on_acquired=sign)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            other = (folder / LOCK).read_text().strip() or "another process"
+        except OSError:
+            other = "another process"
+        raise FolderBusy(f"{folder} is in use by {other}: wait for it to finish, or choose another folder") from None
+    except OSError:  # not writable: nothing here can write it either
+        yield
+        return
+    _HELD.add(folder.resolve())
+    try:
+        yield
+    finally:
+        _HELD.discard(folder.resolve())
+        lock.release()
+
+
+def check_not_busy(folder: Path) -> None:
+    """Refuse, naming the holder, a folder whose lock another process holds (see :func:`locked`)."""
+    if (folder / LOCK).exists() and folder.resolve() not in _HELD:
+        with locked(folder, "check"):
+            pass
+
+
+@contextlib.contextmanager
+def hold(folder: str | Path, command: str) -> Iterator[None]:
+    """:func:`locked` by a single process or rank 0 of a torchrun job (the other ranks write nothing).
+    Creates the folder for its lock, and removes it again if the command left it empty."""
+    folder = Path(folder)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(folder, command):
+            yield
+    finally:  # the lock file stays (removing a lock file races with a new holder), unless the folder is new
+        if created and folder.is_dir() and [p.name for p in folder.iterdir()] in ([], [LOCK]):
+            (folder / LOCK).unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
@@ -56,11 +131,19 @@ def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -
         raise RunFolderError(
             "--resume continues the run in the output folder and --overwrite replaces it: pass one of them"
         )
+    check_not_busy(out)
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if found and not (resume or overwrite):
         raise RunFolderError(
             f"the output folder {out} already holds a run ({', '.join(found)}): pass --resume to "
             "continue it, --overwrite to replace it, or choose another --output"
+        )
+    others = sorted(p.name for p in out.iterdir() if p.name not in (*RUN_ENTRIES, LOCK)) if out.is_dir() else []
+    if others and not overwrite:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise RunFolderError(
+            f"the output folder {out} holds files that are not a run's ({listed}): choose another --output, "
+            "or pass --overwrite to write the run beside them (they are kept)"
         )
     existing = out
     while not existing.exists() and existing != existing.parent:
@@ -150,7 +233,11 @@ class RunFolder:
     def start(self, epoch: int, finished: bool, overwrite: bool) -> None:
         """The first writes of a run at ``epoch``: clear a replaced run's files, trim or start the log."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if overwrite or not finished:  # metrics.json will be rewritten
+        if overwrite:  # every file of the replaced run goes (its evaluations too); other files stay
+            for name in RUN_ENTRIES:
+                entry = self.path / name
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if not finished:  # metrics.json will be rewritten
             (self.path / "metrics.json").unlink(missing_ok=True)
         if epoch == 0:
             self.checkpoint.unlink(missing_ok=True)  # a replaced run's, if any

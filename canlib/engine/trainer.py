@@ -40,7 +40,7 @@ from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.precision import AMP_MODES as AMP_MODES
 from canlib.engine.precision import CHANNELS_LAST_MODES as CHANNELS_LAST_MODES
 from canlib.engine.precision import amp_dtype, autocast, grad_scaler, use_channels_last
-from canlib.engine.run_folder import EpochLine, RunFolder, check_output_dir
+from canlib.engine.run_folder import EpochLine, RunFolder, check_output_dir, hold
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ def train(
     """
     check_output_dir(Path(output_dir), resume=resume, overwrite=overwrite)
     try:
-        metrics = Trainer.from_config(cfg, output_dir, device).fit(resume=resume, overwrite=overwrite)
+        with hold(output_dir, "train"):  # a second command on the folder is refused, naming this one
+            metrics = Trainer.from_config(cfg, output_dir, device).fit(resume=resume, overwrite=overwrite)
     except BaseException:
         distributed.shutdown_distributed(wait=False)  # torchrun stops the other processes
         raise

@@ -51,16 +51,16 @@ def _check_dataset_name(d: DataSection) -> None:
         raise ConfigError(f"configuration: data.dataset must be one of {', '.join(dataset_names())}; got {d.dataset!r}")
 
 
-def build_dataset(d: DataSection) -> ReIDDataset:
+def build_dataset(data: DataSection) -> ReIDDataset:
     """The data set named by ``data.dataset`` under ``data.root``; with ``data.val_ids > 0``, its
     validation split (:func:`canlib.data.split.hold_out_validation`) instead of its test split.
     An unknown name is a :class:`ConfigError` naming ``data.dataset`` and the known names."""
-    _check_dataset_name(d)
-    if not d.root:
+    _check_dataset_name(data)
+    if not data.root:
         raise ValueError("no data root: pass --data-root DIR (or set data.root in the profile)")
-    dataset = load_dataset(d.dataset, d.root, **d.options)
-    if d.val_ids > 0:  # decide on validation: the test split is never read
-        dataset = hold_out_validation(dataset, d.val_ids, d.val_seed)
+    dataset = load_dataset(data.dataset, data.root, **data.options)
+    if data.val_ids > 0:  # decide on validation: the test split is never read
+        dataset = hold_out_validation(dataset, data.val_ids, data.val_seed)
     return dataset
 
 
@@ -74,25 +74,25 @@ def resolve_pretrained(value: str | None) -> str | None:
     return str(candidate) if candidate.exists() else value
 
 
-def build_model(m: ModelSection, num_classes: int) -> CAN:
+def build_model(model: ModelSection, num_classes: int) -> CAN:
     """CAN with the ``model`` section's arguments."""
     return CAN(
         num_classes=num_classes,
-        parts=m.parts,
-        collaborative=m.collaborative,
-        backbone=m.backbone,
-        pretrained=resolve_pretrained(m.pretrained),
-        embed_dim=m.embed_dim,
-        pooling=m.pooling,
-        embed_bn=m.embed_bn,
-        last_stride=m.last_stride,
-        layer3_stride=m.layer3_stride,
-        descriptor_norm=m.descriptor_norm,
-        backbone_kwargs=dict(m.backbone_kwargs),
+        parts=model.parts,
+        collaborative=model.collaborative,
+        backbone=model.backbone,
+        pretrained=resolve_pretrained(model.pretrained),
+        embed_dim=model.embed_dim,
+        pooling=model.pooling,
+        embed_bn=model.embed_bn,
+        last_stride=model.last_stride,
+        layer3_stride=model.layer3_stride,
+        descriptor_norm=model.descriptor_norm,
+        backbone_kwargs=dict(model.backbone_kwargs),
     )
 
 
-def build_loss(lo: LossSection, model: CAN, num_classes: int) -> CANLoss:
+def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
     """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features."""
     return CANLoss(
         num_classes=num_classes,
@@ -100,28 +100,30 @@ def build_loss(lo: LossSection, model: CAN, num_classes: int) -> CANLoss:
         num_features=model.num_features,
         global_indices=model.global_indices,
         local_indices=model.local_indices,
-        ce_weight=lo.ce_weight,
-        ce_scale=lo.ce_scale,
-        label_smoothing=lo.label_smoothing,
-        triplet_weight=lo.triplet_weight,
-        triplet_margin=lo.triplet_margin,
-        triplet_squared=lo.triplet_squared,
-        center_weight=lo.center_weight,
-        center_squared=lo.center_squared,
-        clustering_features=lo.clustering_features,
-        feature_reduction=lo.feature_reduction,
-        clustering_input=lo.clustering_input,
+        ce_weight=loss.ce_weight,
+        ce_scale=loss.ce_scale,
+        label_smoothing=loss.label_smoothing,
+        triplet_weight=loss.triplet_weight,
+        triplet_margin=loss.triplet_margin,
+        triplet_squared=loss.triplet_squared,
+        center_weight=loss.center_weight,
+        center_squared=loss.center_squared,
+        clustering_features=loss.clustering_features,
+        feature_reduction=loss.feature_reduction,
+        clustering_input=loss.clustering_input,
     )
 
 
 def build_optimizers(
-    o: OptimSection, model: nn.Module, loss: CANLoss
+    optim: OptimSection, model: nn.Module, loss: CANLoss
 ) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.MultiStepLR]:
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
     schedule of Section 4.5."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(o.milestones), gamma=o.gamma)
-    centers = center_optimizer(loss, lr=o.center_lr) if loss.center is not None else None
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    centers = center_optimizer(loss, lr=optim.center_lr) if loss.center is not None else None
     return optimizer, centers, scheduler
 
 
@@ -172,7 +174,7 @@ def _test_loaders(d: DataSection, dataset: ReIDDataset) -> tuple[DataLoader, Dat
 
 
 def build_loaders(
-    d: DataSection,
+    data: DataSection,
     dataset: ReIDDataset,
     seed: int,
     rank: int = 0,
@@ -187,21 +189,21 @@ def build_loaders(
     PK batch, its contiguous block of the query and gallery records.
     """
     train_loader: DataLoader | CachedTrainLoader
-    if d.cache == "none":
-        train_loader = _file_train_loader(d, dataset, seed, rank, world_size)
+    if data.cache == "none":
+        train_loader = _file_train_loader(data, dataset, seed, rank, world_size)
     else:
-        train_loader = _cached_train_loader(d, dataset, seed, rank, world_size, device)
-    query_loader, gallery_loader = _test_loaders(d, dataset)
+        train_loader = _cached_train_loader(data, dataset, seed, rank, world_size, device)
+    query_loader, gallery_loader = _test_loaders(data, dataset)
     if world_size > 1:
         query_loader = shard_test_loader(query_loader, rank, world_size)
         gallery_loader = shard_test_loader(gallery_loader, rank, world_size)
     return train_loader, query_loader, gallery_loader
 
 
-def build_eval_loaders(d: DataSection) -> tuple[ReIDDataset, DataLoader, DataLoader]:
+def build_eval_loaders(data: DataSection) -> tuple[ReIDDataset, DataLoader, DataLoader]:
     """``(dataset, query_loader, gallery_loader)`` of a configuration's ``data`` section (no training loader)."""
-    dataset = build_dataset(d)
-    query_loader, gallery_loader = _test_loaders(d, dataset)
+    dataset = build_dataset(data)
+    query_loader, gallery_loader = _test_loaders(data, dataset)
     return dataset, query_loader, gallery_loader
 
 

@@ -67,10 +67,8 @@ def model_from_checkpoint(
     if not isinstance(weights, dict) or "classifiers.0.weight" not in weights:
         raise CheckpointError(f"{path}: holds no CAN model weights (no 'model' entry with classifiers)")
     num_classes = int(state.get("num_classes") or weights["classifiers.0.weight"].shape[0])
-    model_section = dataclasses.replace(
-        RunSections.from_config(cfg).model, pretrained=None
-    )  # the file holds every weight
-    model = build_model(model_section, num_classes)
+    # The file holds every weight: nothing to pre-load.
+    model = build_model(dataclasses.replace(RunSections.from_config(cfg).model, pretrained=None), num_classes)
     load_model_state(model, weights, path)
     meta = {k: v for k, v in state.items() if k in ("epoch", "format", "num_classes", "config_hash")}
     return model.to(device).eval(), meta

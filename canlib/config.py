@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import AfterValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.dataclasses import dataclass
+from typing_extensions import dataclass_transform
 
 
 class ConfigError(ValueError):
@@ -46,10 +47,10 @@ class Want(str):
     """Field metadata: what a value must be, for the error message (instead of the type's words)."""
 
 
-def _distinct(parts: tuple[int, ...]) -> tuple[int, ...]:
-    if len(set(parts)) != len(parts):
-        raise ValueError("repeated part")
-    return parts
+def _distinct(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    if len(set(values)) != len(values) or not all(0 <= v < 1 for v in values if isinstance(v, float)):
+        raise ValueError("repeated part or beta outside [0, 1)")
+    return values
 
 
 Int = Annotated[int, Strict()]  # no bool, no 2.0, no "2"
@@ -61,11 +62,13 @@ Count = Annotated[Int, Field(ge=0)]
 Weight = Annotated[Float, Field(ge=0)]
 Scale = Annotated[Float, Field(gt=0)]
 AtLeast2 = Annotated[Int, Field(ge=2)]  # the batch-hard triplet loss needs 2 ids and 2 images of each
-Mapping_ = dict[str, Any]
-_PARTS = "a list of distinct positive integers"
-
+Parts = Annotated[
+    tuple[Positive, ...], Field(min_length=1), AfterValidator(_distinct), Want("a list of distinct positive integers")
+]
+Betas = Annotated[tuple[Float, Float], AfterValidator(_distinct), Want("two numbers in [0, 1)")]
+Epochs = Annotated[tuple[Positive, ...], Want("a list of positive integers (epochs)")]
+Cap = Annotated[Positive | Scale | None, Want("a number > 0 (or null)")]
 _T = TypeVar("_T")
-_SCHEMA = ConfigDict(extra="forbid", frozen=True)
 
 
 def _doc(default: Any, text: str) -> Any:
@@ -73,108 +76,86 @@ def _doc(default: Any, text: str) -> Any:
     return Field(default_factory=dict, description=text) if default is dict else Field(default, description=text)
 
 
+@dataclass_transform(field_specifiers=(dataclasses.field, Field), frozen_default=True)
 def _section(key: str) -> Callable[[type[_T]], type[_T]]:
-    """Name the section's key ``key`` in the errors of a section built directly (``ModelSection(...)``,
-    ``dataclasses.replace``): its constructor raises :class:`ConfigError`, as :func:`load_config` does."""
+    """A frozen pydantic dataclass that refuses unknown keys; built directly (``ModelSection(...)``,
+    ``dataclasses.replace``) it raises :class:`ConfigError` naming ``key.field``, as :func:`load_config` does."""
 
     def decorate(cls: type[_T]) -> type[_T]:
-        init = cls.__init__
+        schema: Any = dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
+        init = schema.__init__
 
         @functools.wraps(init)
         def checked(self: Any, *args: Any, **kwargs: Any) -> None:
             try:
                 init(self, *args, **kwargs)
             except ValidationError as exc:
-                raise ConfigError(_message(exc, cls, kwargs, key)) from None
+                raise ConfigError(_message(exc, schema, kwargs, key)) from None
 
-        cls.__init__ = checked  # type: ignore[method-assign]
-        return cls
+        schema.__init__ = checked
+        return schema
 
     return decorate
 
 
 @_section("data")
-@dataclass(config=_SCHEMA)
 class DataSection:
     """``data``: :func:`canlib.data.load_dataset`, the training and test loaders, the validation
     hold-out (:func:`canlib.data.split.hold_out_validation`), the image check and the image cache."""
 
-    dataset: Str = _doc("market1501", "A name :func:`canlib.data.load_dataset` knows (case aside).")
-    root: Str | None = _doc(None, "The data set's folder (given by ``--data-root``).")
-    options: Mapping_ = _doc(dict, "Passed to the data set's reader (e.g. ``variant: labeled``).")
-    height: Positive = _doc(384, "Input height (Section 4.5: 384x128).")
-    width: Positive = _doc(128, "Input width.")
+    dataset: Str = _doc("market1501", "A name canlib.data.load_dataset knows (case aside).")
+    root: Str | None = _doc(None, "The data set's folder (given by --data-root).")
+    options: dict[str, Any] = _doc(dict, "Passed to the data set's reader (e.g. variant: labeled).")
+    height: Positive = _doc(384, "Section 4.5: 384x128.")
+    width: Positive = _doc(128, "Section 4.5: 384x128.")
     p: AtLeast2 = _doc(8, "Identities per batch (Section 4.5: 8 ids x 4 images = 32).")
-    k: AtLeast2 = _doc(4, "Images per identity in a batch.")
+    k: AtLeast2 = _doc(4, "Images per identity in a batch (Section 4.5).")
     epoch: Literal["ids", "images"] = _doc(
-        "ids",
-        "Silent: what one epoch of the 600 is. ``ids``: every identity once (P x K images per batch, #ids / P "
-        "batches); ``images``: about every image once (the common libraries).",
+        "ids", "Silent: what one of the 600 epochs is: every identity once (#ids / P batches) or every image once."
     )
     num_workers: Count = _doc(4, "Loader worker processes.")
-    flip: Bool = _doc(
-        False,
-        "Random horizontal flip. The paper mentions only resizing: augmentation is off in the paper profile.",
-    )
-    pad: Count = _doc(0, "Pixels of padding before a random crop (0: none).")
-    random_erasing: Annotated[Float, Field(ge=0, le=1)] = _doc(0.0, "Probability of random erasing.")
+    flip: Bool = _doc(False, "The paper mentions only resizing: augmentation is off in the paper profile.")
+    pad: Count = _doc(0, "Padding before a random crop (augmentation; 0: none).")
+    random_erasing: Annotated[Float, Field(ge=0, le=1)] = _doc(0.0, "Probability of random erasing (augmentation).")
     normalize: Bool = _doc(True, "ImageNet mean/std (the backbone's pre-training statistics).")
     val_ids: Count = _doc(
-        0,
-        "A validation split carved from the TRAINING identities: this many are held out (0: none), with their own "
-        "query/gallery; the run trains on the rest, is evaluated on it and never reads the test split.",
+        0, "Training identities held out as a validation query/gallery (0: none); the test split is then never read."
     )
     val_seed: Int = _doc(0, "Which identities are held out.")
     test_batch_size: Positive = _doc(128, "Batch size of the query and gallery loaders.")
-    verify_images: Bool = _doc(
-        True,
-        "Decode every image once before training (seconds), so that a corrupt file stops the run at once rather than "
-        "at the final evaluation; false skips the check.",
-    )
+    verify_images: Bool = _doc(True, "Decode every image before training, so a corrupt file stops the run at once.")
     cache: Literal["none", "memory", "device"] = _doc(
-        "none",
-        "Not in the paper (speed only): ``memory`` / ``device`` decode and resize each training image once into a "
-        "uint8 cache (host memory / the GPU when it fits) and augment batches on the device "
-        "(:mod:`canlib.data.cache`); ``none`` reads the files every epoch.",
+        "none", "Not in the paper (speed): decode training images once into host / GPU memory (canlib.data.cache)."
     )
 
 
 @_section("model")
-@dataclass(config=_SCHEMA)
 class ModelSection:
     """``model``: the arguments of :class:`canlib.model.CAN` (but ``num_classes``, the data's)."""
 
-    backbone: Str = _doc("resnet50", "Section 3.2.1 (a name for :func:`canlib.backbone.build_backbone`).")
-    backbone_kwargs: Mapping_ = _doc(dict, "Extra arguments of the backbone's constructor.")
+    backbone: Str = _doc("resnet50", "Section 3.2.1 (a name for canlib.backbone.build_backbone).")
+    backbone_kwargs: dict[str, Any] = _doc(dict, "Extra arguments of the backbone's constructor.")
     pretrained: Str | None = _doc(
-        "imagenet",
-        "Silent in the paper; standard for every compared method. A path is read from the current folder, else from "
-        "the repository root; null: random initialisation.",
+        "imagenet", "Silent; standard for every compared method. A path: from the current folder, else the repository."
     )
-    parts: Annotated[tuple[Positive, ...], Field(min_length=1), AfterValidator(_distinct), Want(_PARTS)] = _doc(
-        (1, 3, 5, 7), "One branch per entry (Section 3.2.2); 1 is the global branch."
-    )
+    parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")
     embed_dim: Positive = _doc(256, "Section 3.2.3.")
-    pooling: Literal["paper", "adaptive"] = _doc("paper", "Equation (1); ``adaptive`` = PyTorch's adaptive pooling.")
+    pooling: Literal["paper", "adaptive"] = _doc("paper", "Equation (1); adaptive = PyTorch's adaptive pooling.")
     embed_bn: Literal["shared", "per_feature", "none"] = _doc(
         "shared",
-        "Silent: what follows the 1x1 embedding convolution: ``shared`` (one BN over all features), ``per_feature`` "
-        "(one BN each) or ``none`` (the literal reading).",
+        "Silent: after the 1x1 embedding, one BN over all features, one BN each, or none (the literal reading).",
     )
     descriptor_norm: Literal["none", "per_feature"] = _doc(
-        "none",
-        "Silent: raw concatenation, cosine over the whole vector (``per_feature``: each feature L2-normalised).",
+        "none", "Silent: raw concatenation, cosine over the whole vector (per_feature: each feature L2-normalised)."
     )
-    last_stride: Positive = _doc(1, "Stride of layer 4 (Section 3.2.1: 1).")
+    last_stride: Positive = _doc(1, "Section 3.2.1: layer 4 with stride 1.")
     layer3_stride: Positive = _doc(
-        2,
-        "2 as in ResNet50; the cpu proxy sets 1 so that 192x64 gives the paper's 24x8 map.",
+        2, "2 as in ResNet50; the cpu proxy sets 1 so that 192x64 gives the paper's 24x8 map."
     )
 
 
 @_section("loss")
-@dataclass(config=_SCHEMA)
 class LossSection:
     """``loss``: the weights and choices of :class:`canlib.losses.CANLoss` (its sizes come from the model)."""
 
@@ -189,71 +170,45 @@ class LossSection:
     clustering_features: Literal["all", "global"] = _doc("all", "Table 4, last row: global and local features.")
     feature_reduction: Literal["mean", "sum"] = _doc("mean", "Silent: terms averaged over the features they see.")
     clustering_input: Literal["post_bn", "pre_bn"] = _doc(
-        "post_bn",
-        "Silent: the tensor the triplet and center losses see: ``post_bn`` (the features the classifier and the test "
-        "descriptor see) or ``pre_bn`` (BNNeck, Luo et al. 2019).",
+        "post_bn", "Silent: what triplet and center see: the classifier's features, or pre_bn (BNNeck, Luo et al.)."
     )
 
 
-def _betas(betas: tuple[float, float]) -> tuple[float, float]:
-    if not all(0 <= b < 1 for b in betas):
-        raise ValueError("beta outside [0, 1)")
-    return betas
-
-
 @_section("optim")
-@dataclass(config=_SCHEMA)
 class OptimSection:
     """``optim``: Adam, the step schedule, the run's length and the centres' SGD (Section 4.5)."""
 
     lr: Scale = _doc(3.0e-4, "Section 4.5.")
-    betas: Annotated[tuple[Float, Float], AfterValidator(_betas), Want("two numbers in [0, 1)")] = _doc(
-        (0.9, 0.999),
-        "Adam's default parameters.",
-    )
+    betas: Betas = _doc((0.9, 0.999), "Adam's default parameters.")
     eps: Scale = _doc(1.0e-8, "Adam's default.")
     weight_decay: Weight = _doc(0.0, "Adam's default.")
-    milestones: Annotated[tuple[Positive, ...], Want("a list of positive integers (epochs)")] = _doc(
-        (250, 350, 450),
-        "Epochs after which the learning rate is multiplied by ``gamma`` (Section 4.5).",
-    )
+    milestones: Epochs = _doc((250, 350, 450), "The learning rate is multiplied by gamma after these (Section 4.5).")
     gamma: Scale = _doc(0.1, "Section 4.5.")
     epochs: Positive = _doc(600, "Section 4.5.")
     center_lr: Weight = _doc(0.5, "Silent: the centres' own SGD, as in the strong baseline.")
 
 
 @_section("train")
-@dataclass(config=_SCHEMA)
 class TrainSection:
     """``train``: how the trainer runs (precision, memory format, checkpoints, evaluations, DDP)."""
 
-    amp: Literal["auto", "off", "fp16", "bf16", "none", False] | None = _doc(
-        "auto",
-        "bf16 autocast on CUDA when supported (``auto``); off on CPU.",
-    )
-    channels_last: Literal["auto"] | Bool = _doc("auto", "The channels-last memory format (``auto``: on for CUDA).")
+    amp: Literal["auto", "off", "fp16", "bf16", "none", False] | None = _doc("auto", "auto: bf16 on CUDA; off on CPU.")
+    channels_last: Literal["auto"] | Bool = _doc("auto", "The channels-last memory format (auto: on for CUDA).")
     deterministic: Bool = _doc(True, "Deterministic algorithms (exact resume on CPU).")
     eval_every: Count = _doc(0, "Evaluate every N epochs (0: only at the end).")
     checkpoint_every: Positive = _doc(1, "Epochs between checkpoints (the last is always kept).")
     progress: Bool = _doc(True, "tqdm progress bars.")
-    max_batches_per_epoch: Annotated[Positive | Scale | None, Want("a number > 0 (or null)")] = _doc(
-        None, "Cap for smoke tests: its integer part caps the batches of an epoch (null: none)."
-    )
-    compile: Bool = _doc(False, "Speed only: ``torch.compile`` the training model (off: eager).")
-    sync_bn: Bool = _doc(
-        False,
-        "Multi-process runs (torchrun) only: BatchNorm statistics over the global batch instead of each process's "
-        "shard (``nn.SyncBatchNorm``; canlib's gloo version on the CPU).",
-    )
+    max_batches_per_epoch: Cap = _doc(None, "Cap for smoke tests: its integer part caps an epoch's batches.")
+    compile: Bool = _doc(False, "Speed only: torch.compile the training model (off: eager).")
+    sync_bn: Bool = _doc(False, "torchrun only: BatchNorm over the global batch (nn.SyncBatchNorm; gloo on CPU).")
 
 
 @_section("eval")
-@dataclass(config=_SCHEMA)
 class EvalSection:
     """``eval``: the arguments of :func:`canlib.engine.evaluate.evaluate_model` that a configuration sets."""
 
     metric: Literal["cosine", "euclidean", "sqeuclidean"] = _doc("cosine", "Section 4.5.")
-    ap: Literal["step", "trapezoid"] = _doc("step", "The common libraries' AP; ``trapezoid`` = the Market kit's.")
+    ap: Literal["step", "trapezoid"] = _doc("step", "The common libraries' AP; trapezoid = the Market kit's.")
     max_rank: Positive = _doc(50, "Length of the CMC curve.")
     flip_tta: Bool = _doc(False, "An option beyond the paper: average with the flipped image's descriptor.")
     rerank: Bool = _doc(False, "The paper does not re-rank.")
@@ -261,12 +216,8 @@ class EvalSection:
 
 
 @_section("")
-@dataclass(config=_SCHEMA)
 class RunSections:
-    """Everything a training run reads: the top-level keys and one frozen section each.
-
-    :attr:`config` is the same values as the plain dictionary a run writes to ``config.yaml``
-    and hashes (:func:`config_hash`)."""
+    """Everything a training run reads: the top-level keys and one frozen section each."""
 
     profile: Str = _doc("paper", "The profile's name (recorded with the run).")
     seed: Int = _doc(0, "Seeds Python, NumPy and torch, and the PK sampler.")
@@ -286,7 +237,7 @@ class RunSections:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The run as a plain dictionary (lists for tuples), in the schema's order."""
+        """The plain dictionary a run writes to ``config.yaml`` and hashes (:func:`config_hash`)."""
         return _plain(self)
 
 
@@ -421,13 +372,13 @@ def _merge(base: DictConfig, update: Any, what: str) -> DictConfig:
 
 def _override(text: str) -> DictConfig:
     """``"optim.lr=1e-4"`` as a nested configuration (the value read as YAML; empty: null)."""
-    key, equals, _ = text.partition("=")
+    key, equals, value = text.partition("=")
     if not equals:
         raise ConfigError(f"override '{text}' is not of the form key=value (e.g. optim.lr=1e-4)")
     if not [k for k in key.strip().split(".") if k]:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        return OmegaConf.from_dotlist([text.strip()])
+        return OmegaConf.from_dotlist([f"{key.strip()}={value}"])
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({_yaml_problem(exc)})") from None
     except OmegaConfBaseException as exc:

@@ -47,10 +47,15 @@ class Want(str):
     """Field metadata: what a value must be, for the error message (instead of the type's words)."""
 
 
-def _distinct(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    if len(set(values)) != len(values) or not all(0 <= v < 1 for v in values if isinstance(v, float)):
-        raise ValueError("repeated part or beta outside [0, 1)")
-    return values
+def _check(ok: Callable[[tuple[Any, ...]], bool]) -> AfterValidator:
+    """A validator of a whole list (its words are the field's :class:`Want`)."""
+
+    def check(values: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not ok(values):
+            raise ValueError("refused")
+        return values
+
+    return AfterValidator(check)
 
 
 Int = Annotated[int, Strict()]  # no bool, no 2.0, no "2"
@@ -63,9 +68,12 @@ Weight = Annotated[Float, Field(ge=0)]
 Scale = Annotated[Float, Field(gt=0)]
 AtLeast2 = Annotated[Int, Field(ge=2)]  # the batch-hard triplet loss needs 2 ids and 2 images of each
 Parts = Annotated[
-    tuple[Positive, ...], Field(min_length=1), AfterValidator(_distinct), Want("a list of distinct positive integers")
+    tuple[Positive, ...],
+    Field(min_length=1),
+    _check(lambda v: len(set(v)) == len(v)),
+    Want("a list of distinct positive integers"),
 ]
-Betas = Annotated[tuple[Float, Float], AfterValidator(_distinct), Want("two numbers in [0, 1)")]
+Betas = Annotated[tuple[Float, Float], _check(lambda v: all(0 <= b < 1 for b in v)), Want("two numbers in [0, 1)")]
 Epochs = Annotated[tuple[Positive, ...], Want("a list of positive integers (epochs)")]
 Cap = Annotated[Positive | Scale | None, Want("a number > 0 (or null)")]
 _T = TypeVar("_T")

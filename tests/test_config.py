@@ -228,8 +228,20 @@ def test_sections_hold_typed_values():
     assert run.loss.ce_weight == 2.0 and isinstance(run.loss.ce_weight, float)
     assert run.optim.betas == (0.0, 0.5) and all(isinstance(b, float) for b in run.optim.betas)
     assert run.model.parts == (1, 3, 5, 7) and run.optim.milestones == (1,)
+    assert load_config(None, ["optim.betas=[0.9, 0.9]"])["optim"]["betas"] == [0.9, 0.9]
     with pytest.raises(ConfigError, match=r"unknown configuration key 'model\.branches'"):
         RunSections.from_config({"model": {"branches": 3}})
+
+
+def test_a_data_set_name_is_checked_by_the_builder_naming_the_key(tmp_path):
+    """The data sets are an open registry (with aliases): the builder names the key and the known names."""
+    from canlib.engine.build import build_dataset
+
+    data = RunSections.from_config(load_config(None, ["data.dataset=imagenet", f"data.root={tmp_path}"])).data
+    with pytest.raises(
+        ConfigError, match=r"^configuration: data\.dataset must be one of .*market1501.*; got 'imagenet'$"
+    ):
+        build_dataset(data)
 
 
 def _allowed(kind, name) -> tuple:

@@ -1,23 +1,24 @@
 """Configuration: one typed schema, the YAML profiles in ``configs/`` and ``key=value`` overrides.
 
-The schema is the dataclasses below (:class:`RunSections` and one frozen section per key:
-:class:`DataSection`, :class:`ModelSection`, ...): each field has its default, its documentation
-(the attribute docstring, which says where the paper speaks and where the default is our choice
-for a silence) and its allowed values and range as its type. ``DEFAULTS`` is derived from it.
+The schema is the frozen dataclasses below (:class:`RunSections`, one section per key:
+:class:`DataSection`, :class:`ModelSection`, ...). Each field holds its default, its documentation
+(``Field(description=...)``: where the paper speaks, or that the default is our choice for a
+silence) and, as its type, its allowed values and range. ``DEFAULTS`` is derived from it.
 
-:func:`load_config` merges a profile (``base: other.yaml`` names the profile it extends, resolved
-relative to the file) and the overrides with OmegaConf, checks the result against the schema and
-returns it as a plain dictionary: what a run writes to ``config.yaml`` and :func:`config_hash`
-hashes. Any problem is one :class:`ConfigError` line naming every key at fault.
+:func:`load_config` merges a profile (``base: other.yaml`` names the profile it extends, relative
+to the file) and the overrides with OmegaConf, checks the result against the schema and returns
+the plain dictionary a run writes to ``config.yaml`` and :func:`config_hash` hashes. Any problem
+is one :class:`ConfigError` line naming every key at fault by its dotted name.
 
 Why two libraries: OmegaConf merges YAML files and dotted overrides well (and reads ``3e-4`` as a
 number, which YAML 1.1 does not), but its structured configs cannot type a choice (``Literal``), a
-string-or-bool union (``train.amp``, ``train.channels_last``) or a range. pydantic v2 dataclasses
-do (``Literal``, ``Annotated[int, Field(gt=0)]``, unions) and name the key of each problem.
+string-or-bool union (``train.amp``, ``train.channels_last``) or a range; pydantic v2 dataclasses
+do (``Literal``, ``Annotated[int, Field(gt=0)]``, unions, strict types) and locate each problem.
 
-This module imports nothing else from canlib: the choices of the modules' arguments are spelled
-here as types (tests/test_config.py checks them against the modules' constants), and a data set
-name, an open set, is checked by :func:`canlib.engine.build.build_dataset`.
+This module imports nothing else from canlib. The choices of the modules' arguments are spelled
+here as ``Literal`` types (tests/test_config.py checks them against the modules' constants, which
+the modules still check themselves); a data set name, an open registry with aliases, is checked
+by :func:`canlib.engine.build.build_dataset`.
 """
 
 from __future__ import annotations

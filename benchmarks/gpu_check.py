@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import StrideOneResNet, make_step
 
 from canlib.book.complexity import model_complexity
-from canlib.config import load_config
+from canlib.config import RunSections, load_config
 from canlib.data import make_synthetic
 from canlib.engine.build import build_loss, build_model
 from canlib.engine.record import library_versions, machine_info
@@ -282,8 +282,9 @@ def models(cfg: dict, classes: int) -> list[tuple[str, Callable[[], tuple[torch.
     m = cfg["model"]
 
     def can() -> tuple[torch.nn.Module, CANLoss]:
-        model = build_model(cfg, classes)
-        return model, build_loss(cfg, model, classes)
+        run = RunSections.from_config(cfg)
+        model = build_model(run.model, classes)
+        return model, build_loss(run.loss, model, classes)
 
     def baseline() -> tuple[torch.nn.Module, CANLoss]:
         model = StrideOneResNet(classes, m["backbone"], **dict(m.get("backbone_kwargs") or {}))
@@ -313,7 +314,7 @@ def run_checks(plan: Plan, device: torch.device, compile_modes: list[bool], tmp:
             out["models"].append(measure_model(name, *build(), cfg, plan, device, amp, compiled))
             print(_row(out["models"][-1]), flush=True)
             _release(device)
-    can = build_model(cfg, MARKET["train_ids"]).to(device)
+    can = build_model(RunSections.from_config(cfg).model, MARKET["train_ids"]).to(device)
     out["extract_img_s"] = measure_extraction(can, cfg, plan, device, amp)
     root = tmp / "synthetic"
     make_synthetic(root, seed=0, workers=4 if device.type == "cuda" else 1, **plan.synthetic)

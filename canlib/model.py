@@ -95,15 +95,11 @@ class CosineClassifier(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
-def embed_bn_mode(batch_norm: bool | str) -> str:
-    """Normalise the ``embed_bn`` argument: ``True`` -> ``"shared"``, ``False`` -> ``"none"``."""
-    if batch_norm is True:
-        return "shared"
-    if batch_norm is False:
-        return "none"
+def embed_bn_mode(batch_norm: str) -> str:
+    """The ``embed_bn`` argument, checked: one of :data:`EMBED_BN_MODES`."""
     if batch_norm not in EMBED_BN_MODES:
-        raise ValueError(f"unknown embed_bn {batch_norm!r}; choose one of {EMBED_BN_MODES} (or true/false)")
-    return str(batch_norm)
+        raise ValueError(f"unknown embed_bn {batch_norm!r}; choose one of {EMBED_BN_MODES}")
+    return batch_norm
 
 
 class EmbeddingNeck(nn.Module):
@@ -118,7 +114,7 @@ class EmbeddingNeck(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, embed_dim: int = 256, num_features: int = 1, batch_norm: bool | str = "shared"
+        self, in_channels: int, embed_dim: int = 256, num_features: int = 1, batch_norm: str = "shared"
     ) -> None:
         super().__init__()
         self.mode = embed_bn_mode(batch_norm)
@@ -146,7 +142,7 @@ class EmbeddingNeck(nn.Module):
 
 
 def build_embedding(
-    in_channels: int, embed_dim: int = 256, batch_norm: bool | str = True, num_features: int = 1
+    in_channels: int, embed_dim: int = 256, batch_norm: str = "shared", num_features: int = 1
 ) -> EmbeddingNeck:
     """:class:`EmbeddingNeck` (kept for callers of the earlier name)."""
     return EmbeddingNeck(in_channels, embed_dim, num_features, batch_norm)
@@ -210,9 +206,8 @@ class CAN(nn.Module):
         pretrained: ``None``, ``"imagenet"`` or a local state-dict path.
         embed_dim: output size of the shared 1x1 embedding (256 in the paper).
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"`` (PyTorch's windows).
-        embed_bn: what follows the embedding convolution (:data:`EMBED_BN_MODES`; ``True``
-            means ``"shared"``, ``False`` ``"none"``). The paper says only "1x1 convolution";
-            one shared BN is our documented default.
+        embed_bn: what follows the embedding convolution (:data:`EMBED_BN_MODES`). The paper
+            says only "1x1 convolution"; one shared BN is our documented default.
         last_stride: stride of layer 4's first block (1 in the paper).
         layer3_stride: stride of layer 3's first block (2 in the paper; 1 gives a small
             input the paper's map height, see :func:`canlib.backbone.build_backbone`).
@@ -233,7 +228,7 @@ class CAN(nn.Module):
         pretrained: str | os.PathLike | None = None,
         embed_dim: int = 256,
         pooling: str = "paper",
-        embed_bn: bool | str = True,
+        embed_bn: str = "shared",
         last_stride: int = 1,
         layer3_stride: int = 2,
         backbone_kwargs: dict[str, Any] | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import load_config
+from canlib.config import RunSections, load_config
 from canlib.data import PKSampler, build_train_loader, load_dataset
 from canlib.data.cache import BatchAugment, CachedTrainLoader, ImageCache, cache_storage
 from canlib.engine.build import build_loaders
@@ -93,11 +93,11 @@ def test_build_loaders_reads_data_cache(tiny_data):
             "data.num_workers=0",
         ],
     )
-    train, _, _ = build_loaders(cfg, load_dataset("synthetic", tiny_data), 0)
+    train, _, _ = build_loaders(RunSections.from_config(cfg).data, load_dataset("synthetic", tiny_data), 0)
     assert isinstance(train, CachedTrainLoader) and train.mode == "memory"
     cfg["data"]["cache"] = "disk"
     with pytest.raises(ValueError, match=r"data\.cache must be one of"):
-        build_loaders(cfg, load_dataset("synthetic", tiny_data), 0)
+        RunSections.from_config(cfg)
 
 
 def test_trainer_with_the_cache_trains_on_the_same_batches(tiny_data, tmp_path):

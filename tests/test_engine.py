@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import EvalSection, RunSections, config_hash, load_config
+from canlib.config import RunSections, config_hash, load_config
 from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import evaluation_options
 from canlib.engine.trainer import CHECKPOINT, Trainer, TrainingDiverged, train
@@ -104,7 +104,7 @@ def test_a_trainer_given_sections_is_the_trainer_of_the_dictionary(tiny_data, tm
 
 def test_evaluation_options_come_from_the_eval_section_once():
     cfg = load_config(SMOKE, ["eval.flip_tta=true", "eval.chunk_size=512"])
-    section = EvalSection.from_config(cfg)
+    section = RunSections.from_config(cfg).eval
     assert evaluation_options(section) == {
         "metric": "cosine",
         "ap": "step",

@@ -115,7 +115,7 @@ def test_embedding_is_one_shared_module() -> None:
 
 
 def test_embedding_without_bn() -> None:
-    model = slim_can(embed_bn=False)
+    model = slim_can(embed_bn="none")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.embedding.modules())
     assert model.embedding.conv.bias is not None
 

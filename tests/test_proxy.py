@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import config_hash, load_config
+from canlib.config import RunSections, config_hash, load_config
 from canlib.data import load_dataset
 from canlib.data.split import hold_out_validation
 from canlib.engine.build import build_dataset, build_loss, build_model
@@ -46,7 +46,7 @@ def test_validation_split_shares_no_identity_with_training_or_test(tiny_data):
 
 def test_val_ids_key_makes_build_dataset_return_the_validation_split(tiny_data):
     cfg = load_config(SMOKE, [f"data.root={tiny_data}", "data.val_ids=3"])
-    dataset = build_dataset(cfg)
+    dataset = build_dataset(RunSections.from_config(cfg).data)
     test_paths = {p for p, _, _ in load_dataset("synthetic", tiny_data).gallery}
     assert not {p for p, _, _ in dataset.gallery} & test_paths
     with pytest.raises(ValueError, match="val_ids"):
@@ -65,8 +65,9 @@ def test_each_neck_key_changes_what_the_losses_see(key, value, tiny_data):
     terms = []
     for cfg in (base, changed):
         torch.manual_seed(0)
-        model = build_model(cfg, 4).train()
-        loss = build_loss(cfg, model, 4)
+        run = RunSections.from_config(cfg)
+        model = build_model(run.model, 4).train()
+        loss = build_loss(run.loss, model, 4)
         out = model(x)
         terms.append(loss(out.features, out.logits, pids, pre_bn=out.pre_bn)[1])
     assert terms[0]["triplet"] != pytest.approx(terms[1]["triplet"], rel=1e-3)
@@ -104,7 +105,9 @@ def test_the_committed_trunk_loads_and_its_identities_are_not_the_evaluation_set
     weights = ROOT / cfg["model"]["pretrained"]
     if not weights.is_file():
         pytest.skip("no pre-trained trunk committed yet (make pretrain)")
-    model = build_model(cfg, 10)  # loads the trunk through model.pretrained (strict key and shape checks)
+    model = build_model(
+        RunSections.from_config(cfg).model, 10
+    )  # loads the trunk through model.pretrained (strict key and shape checks)
     trunk = torch.load(weights, weights_only=True)
     assert torch.equal(model.stem.state_dict()["conv1.weight"], trunk["conv1.weight"])
     made = json.loads((weights.with_suffix("") / "dataset.json").read_text())["arguments"]

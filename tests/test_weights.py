@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from canlib.config import config_hash, load_config
+from canlib.config import RunSections, config_hash, load_config
 from canlib.engine.build import build_dataset, build_loaders
 from canlib.engine.checkpoint import CheckpointError, checkpoint_path
 from canlib.engine.trainer import Trainer, train
@@ -34,7 +34,8 @@ def test_exported_model_gives_the_trained_descriptors(finished_run, tmp_path, dt
     trainer = Trainer.from_config(meta["config"], tmp_path / "again", device="cpu")
     trainer.load_checkpoint(checkpoint_path(finished_run))
     reference = trainer.model.eval()
-    _, query_loader, _ = build_loaders(meta["config"], build_dataset(meta["config"]), seed=0)
+    data = RunSections.from_config(meta["config"]).data
+    _, query_loader, _ = build_loaders(data, build_dataset(data), seed=0)
     images = next(iter(query_loader))[0][:4]
     with torch.no_grad():
         a, b = reference(images), model(images)

@@ -1,28 +1,29 @@
 """Builders: the one place where configuration becomes objects.
 
 Each builder takes its typed section of the configuration (:mod:`canlib.config`:
-:class:`~canlib.config.DataSection`, :class:`~canlib.config.ModelSection`, ...) or a whole
-configuration dictionary, whose section it reads (``build_model(cfg, 751)``). Everything below
-this layer takes plain arguments (the FastReID way): a reader of ``canlib.model`` never needs
-to know the YAML schema.
+:class:`~canlib.config.DataSection`, :class:`~canlib.config.ModelSection`, ...; from a dictionary:
+``RunSections.from_config(cfg).model``). Everything below this layer takes plain arguments (the
+FastReID way): a reader of ``canlib.model`` never needs to know the YAML schema. A component's
+refusal of a value the schema cannot know (a data set name) becomes a :class:`~canlib.config.ConfigError`
+naming the key here.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from canlib.config import DataSection, LossSection, ModelSection, OptimSection, Section, section, validate
+from canlib.config import ConfigError, DataSection, LossSection, ModelSection, OptimSection, RunSections
 from canlib.data import PKSampler, build_test_loaders, build_train_loader, load_dataset
 from canlib.data.base import ReIDDataset
 from canlib.data.cache import BatchAugment, CachedTrainLoader
+from canlib.data.datasets import dataset_names
 from canlib.data.split import hold_out_validation
 from canlib.engine.distributed import GlobalBatchShard, shard_test_loader, shard_train_loader
 from canlib.losses import CANLoss, center_optimizer
@@ -30,16 +31,8 @@ from canlib.model import CAN
 
 log = logging.getLogger(__name__)
 
-_S = TypeVar("_S", bound=Section)
-
-
-def _read(value: _S | Mapping[str, Any], kind: type[_S]) -> _S:
-    """``value`` if it is a ``kind`` section, else ``kind``'s section of the configuration dictionary ``value``."""
-    if isinstance(value, kind):
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a {kind.__name__} or a configuration dictionary, got {type(value).__name__}")
-    return section(value, kind)
+#: The repository root (a checkout's): where ``model.pretrained`` paths such as ``results/pretrained/...`` lie.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -52,15 +45,22 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     return device
 
 
-def build_dataset(data: DataSection | Mapping[str, Any]) -> ReIDDataset:
+def _check_dataset_name(d: DataSection) -> None:
+    """``data.dataset`` is a name :func:`canlib.data.load_dataset` knows (case aside), else a one-line ConfigError."""
+    if d.dataset.lower() not in dataset_names():
+        raise ConfigError(f"configuration: data.dataset must be one of {', '.join(dataset_names())}; got {d.dataset!r}")
+
+
+def build_dataset(data: DataSection) -> ReIDDataset:
     """The data set named by ``data.dataset`` under ``data.root``; with ``data.val_ids > 0``, its
-    validation split (:func:`canlib.data.split.hold_out_validation`) instead of its test split."""
-    d = _read(data, DataSection)
-    if not d.root:
+    validation split (:func:`canlib.data.split.hold_out_validation`) instead of its test split.
+    An unknown name is a :class:`ConfigError` naming ``data.dataset`` and the known names."""
+    _check_dataset_name(data)
+    if not data.root:
         raise ValueError("no data root: pass --data-root DIR (or set data.root in the profile)")
-    dataset = load_dataset(d.dataset, d.root, **d.options)
-    if d.val_ids > 0:  # decide on validation: the test split is never read
-        dataset = hold_out_validation(dataset, d.val_ids, d.val_seed)
+    dataset = load_dataset(data.dataset, data.root, **data.options)
+    if data.val_ids > 0:  # decide on validation: the test split is never read
+        dataset = hold_out_validation(dataset, data.val_ids, data.val_seed)
     return dataset
 
 
@@ -70,63 +70,60 @@ def resolve_pretrained(value: str | None) -> str | None:
     (so profiles can name committed weights, ``results/pretrained/...``, from any folder)."""
     if value in (None, "imagenet") or Path(str(value)).is_absolute() or Path(str(value)).exists():
         return value
-    from canlib.engine.record import REPO_DIR
-
-    candidate = REPO_DIR / str(value)
+    candidate = REPO_ROOT / str(value)
     return str(candidate) if candidate.exists() else value
 
 
-def build_model(model: ModelSection | Mapping[str, Any], num_classes: int) -> CAN:
+def build_model(model: ModelSection, num_classes: int) -> CAN:
     """CAN with the ``model`` section's arguments."""
-    m = _read(model, ModelSection)
     return CAN(
         num_classes=num_classes,
-        parts=m.parts,
-        collaborative=m.collaborative,
-        backbone=m.backbone,
-        pretrained=resolve_pretrained(m.pretrained),
-        embed_dim=m.embed_dim,
-        pooling=m.pooling,
-        embed_bn=m.embed_bn,
-        last_stride=m.last_stride,
-        layer3_stride=m.layer3_stride,
-        descriptor_norm=m.descriptor_norm,
-        backbone_kwargs=dict(m.backbone_kwargs),
+        parts=model.parts,
+        collaborative=model.collaborative,
+        backbone=model.backbone,
+        pretrained=resolve_pretrained(model.pretrained),
+        embed_dim=model.embed_dim,
+        pooling=model.pooling,
+        embed_bn=model.embed_bn,
+        last_stride=model.last_stride,
+        layer3_stride=model.layer3_stride,
+        descriptor_norm=model.descriptor_norm,
+        backbone_kwargs=dict(model.backbone_kwargs),
     )
 
 
-def build_loss(loss: LossSection | Mapping[str, Any], model: CAN, num_classes: int) -> CANLoss:
+def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
     """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features."""
-    lo = _read(loss, LossSection)
     return CANLoss(
         num_classes=num_classes,
         feat_dim=model.embed_dim,
         num_features=model.num_features,
         global_indices=model.global_indices,
         local_indices=model.local_indices,
-        ce_weight=lo.ce_weight,
-        ce_scale=lo.ce_scale,
-        label_smoothing=lo.label_smoothing,
-        triplet_weight=lo.triplet_weight,
-        triplet_margin=lo.triplet_margin,
-        triplet_squared=lo.triplet_squared,
-        center_weight=lo.center_weight,
-        center_squared=lo.center_squared,
-        clustering_features=lo.clustering_features,
-        feature_reduction=lo.feature_reduction,
-        clustering_input=lo.clustering_input,
+        ce_weight=loss.ce_weight,
+        ce_scale=loss.ce_scale,
+        label_smoothing=loss.label_smoothing,
+        triplet_weight=loss.triplet_weight,
+        triplet_margin=loss.triplet_margin,
+        triplet_squared=loss.triplet_squared,
+        center_weight=loss.center_weight,
+        center_squared=loss.center_squared,
+        clustering_features=loss.clustering_features,
+        feature_reduction=loss.feature_reduction,
+        clustering_input=loss.clustering_input,
     )
 
 
 def build_optimizers(
-    optim: OptimSection | Mapping[str, Any], model: nn.Module, loss: CANLoss
+    optim: OptimSection, model: nn.Module, loss: CANLoss
 ) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.MultiStepLR]:
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
     schedule of Section 4.5."""
-    o = _read(optim, OptimSection)
-    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(o.milestones), gamma=o.gamma)
-    centers = center_optimizer(loss, lr=o.center_lr) if loss.center is not None else None
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    centers = center_optimizer(loss, lr=optim.center_lr) if loss.center is not None else None
     return optimizer, centers, scheduler
 
 
@@ -177,7 +174,7 @@ def _test_loaders(d: DataSection, dataset: ReIDDataset) -> tuple[DataLoader, Dat
 
 
 def build_loaders(
-    data: DataSection | Mapping[str, Any],
+    data: DataSection,
     dataset: ReIDDataset,
     seed: int,
     rank: int = 0,
@@ -191,24 +188,22 @@ def build_loaders(
     With ``world_size > 1`` every loader yields rank ``rank``'s share: its slice of each global
     PK batch, its contiguous block of the query and gallery records.
     """
-    d = _read(data, DataSection)
     train_loader: DataLoader | CachedTrainLoader
-    if d.cache == "none":
-        train_loader = _file_train_loader(d, dataset, seed, rank, world_size)
+    if data.cache == "none":
+        train_loader = _file_train_loader(data, dataset, seed, rank, world_size)
     else:
-        train_loader = _cached_train_loader(d, dataset, seed, rank, world_size, device)
-    query_loader, gallery_loader = _test_loaders(d, dataset)
+        train_loader = _cached_train_loader(data, dataset, seed, rank, world_size, device)
+    query_loader, gallery_loader = _test_loaders(data, dataset)
     if world_size > 1:
         query_loader = shard_test_loader(query_loader, rank, world_size)
         gallery_loader = shard_test_loader(gallery_loader, rank, world_size)
     return train_loader, query_loader, gallery_loader
 
 
-def build_eval_loaders(data: DataSection | Mapping[str, Any]) -> tuple[ReIDDataset, DataLoader, DataLoader]:
-    """``(dataset, query_loader, gallery_loader)`` of a configuration (no training loader)."""
-    d = _read(data, DataSection)
-    dataset = build_dataset(d)
-    query_loader, gallery_loader = _test_loaders(d, dataset)
+def build_eval_loaders(data: DataSection) -> tuple[ReIDDataset, DataLoader, DataLoader]:
+    """``(dataset, query_loader, gallery_loader)`` of a configuration's ``data`` section (no training loader)."""
+    dataset = build_dataset(data)
+    query_loader, gallery_loader = _test_loaders(data, dataset)
     return dataset, query_loader, gallery_loader
 
 
@@ -227,5 +222,6 @@ def target_config(cfg: dict[str, Any], dataset: str | None = None, data_root: st
         data.update(dataset=dataset, options={}, val_ids=0)
     if data_root is not None:
         data["root"] = str(data_root)
-    validate(cfg)
-    return cfg
+    run = RunSections.from_config(cfg)
+    _check_dataset_name(run.data)
+    return run.config

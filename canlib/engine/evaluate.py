@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canlib.config import EvalSection
+from canlib.config import EvalSection, RunSections
 from canlib.engine.build import build_eval_loaders, resolve_device, target_config
 from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.precision import autocast
@@ -157,9 +157,10 @@ def evaluate_run(
     cfg = target_config(source, dataset, None if data_root is None else str(data_root))
     dev = resolve_device(device)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
-    _, query_loader, gallery_loader = build_eval_loaders(cfg)
+    run = RunSections.from_config(cfg)
+    _, query_loader, gallery_loader = build_eval_loaders(run.data)
     model, meta = model_from_checkpoint(cfg, ckpt, dev)
-    options = evaluation_options(EvalSection.from_config(cfg), metric, ap, flip_tta, rerank)
+    options = evaluation_options(run.eval, metric, ap, flip_tta, rerank)
     metrics = evaluate_model(model, query_loader, gallery_loader, dev, **options)
     recorded = {key: value for key, value in options.items() if key != "chunk_size"}
     result = {

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from canlib.config import RunSections
 from canlib.engine.build import build_eval_loaders
 from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import extract_features
@@ -231,7 +232,7 @@ def export_run(
         cfg["data"]["root"] = str(data_root)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
     model, meta = model_from_checkpoint(cfg, ckpt)
-    loaders = build_eval_loaders(cfg)[1:] if check else None
+    loaders = build_eval_loaders(RunSections.from_config(cfg).data)[1:] if check else None
     d = cfg["data"]
     info = {
         "source_run": str(run_dir),

@@ -11,7 +11,7 @@ command also writes ONNX (``--onnx``, :mod:`canlib.engine.onnx_export`).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from canlib.config import DEFAULTS, _merge, load_config
+from canlib.config import RunSections, load_config
 from canlib.engine.build import build_model
 from canlib.engine.checkpoint import (
     CHECKPOINT,
@@ -67,8 +67,8 @@ def model_from_checkpoint(
     if not isinstance(weights, dict) or "classifiers.0.weight" not in weights:
         raise CheckpointError(f"{path}: holds no CAN model weights (no 'model' entry with classifiers)")
     num_classes = int(state.get("num_classes") or weights["classifiers.0.weight"].shape[0])
-    cfg = {**cfg, "model": {**cfg["model"], "pretrained": None}}  # the file holds every weight
-    model = build_model(cfg, num_classes)
+    # The file holds every weight: nothing to pre-load.
+    model = build_model(dataclasses.replace(RunSections.from_config(cfg).model, pretrained=None), num_classes)
     load_model_state(model, weights, path)
     meta = {k: v for k, v in state.items() if k in ("epoch", "format", "num_classes", "config_hash")}
     return model.to(device).eval(), meta
@@ -129,11 +129,9 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     payload = load_checkpoint(path)
     if payload.get("format") != FORMAT or not isinstance(payload.get("config"), dict):
         raise CheckpointError(f"{path}: not an exported weights file of format {FORMAT}")
-    # A file exported before a configuration key existed lacks it: the key's default applies
-    # (defaults of new keys keep the old behaviour), as load_config does for a run's config.yaml.
-    cfg = _merge(copy.deepcopy(DEFAULTS), payload["config"])
-    cfg = {**cfg, "model": {**cfg["model"], "pretrained": None}}
-    model = build_model(cfg, int(payload["num_classes"]))
+    # A key the file's configuration lacks takes its default, as in any configuration dictionary.
+    model_section = dataclasses.replace(RunSections.from_config(payload["config"]).model, pretrained=None)
+    model = build_model(model_section, int(payload["num_classes"]))
     load_model_state(model, payload["model"], path)
     meta = {k: v for k, v in payload.items() if k != "model"}
     return model.float().to(device).eval(), meta

@@ -32,6 +32,8 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+from canlib.files import load_tensors
+
 __all__ = ["TORCHVISION_RESNETS", "Backbone", "build_backbone", "load_resnet_state_dict"]
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,8 @@ def load_resnet_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the keys or shapes do not match the architecture.
+        ValueError: if the keys or shapes do not match the architecture, or the file is not a plain
+            file of tensors (:class:`canlib.files.UnsafeFileError`: tampered or truncated).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -102,7 +105,7 @@ def load_resnet_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
             f"pretrained weights file not found: {str(path)!r} (expected a torchvision-format "
             "ResNet state dict saved with torch.save(model.state_dict(), path))"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "a torchvision state dict")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

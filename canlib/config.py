@@ -364,6 +364,8 @@ def _read_profile(path: Path, seen: tuple[Path, ...] = (), named_by: Path | None
         raise ConfigError(f"cannot read configuration file {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    if len(raw) == 0:  # never silently the schema's defaults (the paper's recipe, which downloads weights)
+        raise ConfigError(f"{path} is empty: a profile names at least what it changes (see configs/*.yaml)")
     base = raw.pop("base", None)
     if base is None:
         return raw

@@ -79,7 +79,7 @@ def test_grid_trains_each_distinct_run_once_and_reuses_it(tiny_data, tmp_path, m
     # recorded configuration as before is the training digest's job (tests/test_digest.py).
     assert records[0]["commit"] == json.loads((recorded / "run.json").read_text())["git"]["commit"]
     shutil.rmtree(recorded)  # a lost record: the finished working folder is resumed, not retrained
-    train_log = tmp_path / "runs" / records[0]["run"] / "train.log"
+    train_log = tmp_path / "runs" / f"{records[0]['run']}.log"
     assert run_grid(**kwargs) == records and len(calls) == 2 and "resumed from" in train_log.read_text()
     assert run_grid(**kwargs, force=True) == records and len(calls) == 3  # force: retrained from scratch
     assert "resumed from" not in train_log.read_text()

@@ -186,3 +186,42 @@ def test_a_folder_that_is_not_a_run_is_refused_unless_overwrite(tiny_data, tmp_p
     assert sorted(p.name for p in run.iterdir()) == ["holiday.jpg"]
     assert cli.main([*_train_args(tiny_data, run, "--overwrite"), *TINY, "optim.epochs=1"]) == 0
     assert (run / "holiday.jpg").exists() and (run / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------- late and misleading failures
+def test_a_finite_divergence_stops_the_run_like_a_nan(tiny_data, tmp_path, caplog):
+    run = tmp_path / "run"
+    argv = [*_train_args(tiny_data, run), *TINY, "optim.epochs=3", "optim.lr=1e10"]
+    assert cli.main(argv) == cli.EXIT_DIVERGED
+    assert "the loss diverged" in caplog.text and "Training stopped" in caplog.text
+    assert not (run / "metrics.json").exists()
+
+
+def test_the_loss_guard_bounds_growth_from_the_first_step():
+    from canlib.engine.checks import LossGuard
+
+    guard = LossGuard(factor=100.0)
+    assert guard.problem(5.0, 1, 0) is None and guard.problem(499.0, 1, 1) is None
+    assert "diverged" in (guard.problem(501.0, 2, 0) or "")
+    assert "non-finite" in (guard.problem(float("nan"), 2, 1) or "")
+    assert LossGuard(factor=100.0).problem(0.01, 1, 0) is None  # a first loss below 1 bounds at the factor
+
+
+def test_a_tampered_pretrained_file_gets_canlibs_refusal(tiny_data, tmp_path, caplog):
+    class Marker:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch = pytest.importorskip("torch")
+    torch.save({"conv1.weight": Marker()}, tmp_path / "trunk.pt")
+    argv = [*_train_args(tiny_data, tmp_path / "run"), *TINY, f"model.pretrained={tmp_path / 'trunk.pt'}"]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert "trunk.pt: refused" in caplog.text and "weights_only=False" not in caplog.text
+
+
+def test_an_empty_profile_is_refused(tmp_path):
+    from canlib.config import ConfigError, load_config
+
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml is empty"):
+        load_config(tmp_path / "empty.yaml")

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import random
 import re
-import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from canlib.files import UnsafeFileError, load_tensors
 
 #: A run folder's checkpoint, relative to the folder.
 CHECKPOINT = "checkpoints/last.pt"
@@ -57,40 +56,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
-    """Why weights-only loading refused ``path``: the globals it would have called, in one line."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        names = []
-    detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
-    what = f"it would call {', '.join(names)}" if names else detail or type(exc).__name__
-    return (
-        f"{path}: refused: the file holds objects other than tensors and plain data, which a checkpoint "
-        f"never does (tampered, or not written by canlib): {what}"
-    )
-
-
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint or exported weights file with ``weights_only=True``.
 
     Raises :class:`CheckpointError` naming the file for a missing, empty, truncated or
-    tampered file (one that holds anything but tensors and plain data).
+    tampered file (one that holds anything but tensors and plain data; see :mod:`canlib.files`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():  # a raw pickle (not torch.save's zip) draws a protocol warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(_refusal(path, exc)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or not a PyTorch file ({first})") from None
+        state = load_tensors(path, "a checkpoint", map_location)
+    except UnsafeFileError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dictionary of tensors and metadata, got {type(state).__name__}")
     return state

@@ -1,10 +1,12 @@
 """What a run checks before its first write (besides its output folder, see
 :mod:`canlib.engine.run_folder`): that the input is high enough for the model, and that every
-image decodes, so that neither problem stops a run hours in."""
+image decodes, so that neither problem stops a run hours in; and, while it trains, that its loss
+has not diverged (:class:`LossGuard`)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from canlib.config import ConfigError
@@ -36,3 +38,31 @@ def verify_images(dataset: ReIDDataset, rank: int = 0, world_size: int = 1) -> N
             f"{exc}. Found before training; replace or remove the file (data.verify_images=false skips this check)"
         ) from None
     log.info("checked that %d images decode (%.1f s)", count, time.perf_counter() - start)
+
+
+#: A run stops when its loss grows past this many times its first step's (or past this, if that was below 1).
+DIVERGENCE_FACTOR = 1e4
+
+
+class LossGuard:
+    """Says when a step's loss means the run has diverged: not finite, or grown past
+    :data:`DIVERGENCE_FACTOR` times the run's first step (a finite divergence: ``optim.lr=1e10``
+    trains to a loss of 1e21 without ever reaching NaN)."""
+
+    def __init__(self, factor: float = DIVERGENCE_FACTOR) -> None:
+        self.factor = factor
+        self.first: float | None = None
+
+    def problem(self, loss: float, epoch: int, step: int) -> str | None:
+        """What is wrong with ``loss`` at (``epoch``, ``step``), or None."""
+        if not math.isfinite(loss):
+            return f"non-finite loss ({loss}) at epoch {epoch}, step {step}"
+        if self.first is None:
+            self.first = loss
+        limit = self.factor * max(self.first, 1.0)
+        if loss > limit:
+            return (
+                f"the loss diverged: {loss:.3g} at epoch {epoch}, step {step}, more than {self.factor:g} times "
+                f"the first step's ({self.first:.3g})"
+            )
+        return None

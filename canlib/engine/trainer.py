@@ -33,7 +33,7 @@ from canlib.engine.checkpoint import CHECKPOINT as CHECKPOINT
 from canlib.engine.checkpoint import load_checkpoint as read_checkpoint
 from canlib.engine.checkpoint import load_state_of, rng_state, seed_everything, set_rng_state, state_of
 from canlib.engine.checkpoint import save_checkpoint as write_checkpoint
-from canlib.engine.checks import check_input_height, verify_images
+from canlib.engine.checks import LossGuard, check_input_height, verify_images
 from canlib.engine.distributed import GlobalBatchShard
 from canlib.engine.errors import EvaluationFailed, TrainingDiverged, TrainingInterrupted, error_line
 from canlib.engine.evaluate import evaluate_model, evaluation_options
@@ -89,6 +89,7 @@ class Trainer:
         self.train_model = distributed.training_module(self.model, self.device, self.dist, run.train.compile)
         self.epoch = 0
         self.saved_epoch: int | None = None  # the epoch of the checkpoint this run wrote or resumed from
+        self.guard = LossGuard()  # a NaN or a loss grown 1e4-fold stops the run, keeping its last checkpoint
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], output_dir: str | Path, device: str | None = "auto") -> Trainer:
@@ -159,11 +160,11 @@ class Trainer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         total, terms = self.compute_loss(images, pids)
-        if not torch.isfinite(total):
+        problem = self.guard.problem(float(total.detach()), epoch, step)
+        if problem is not None:
             raise TrainingDiverged(
-                f"non-finite loss ({float(total.detach())}) at epoch {epoch}, step {step}: terms "
-                f"{ {k: float(v) for k, v in terms.items()} }. Training stopped; {self.folder.kept(self.saved_epoch)}. "
-                "Lower optim.lr or check the input data."
+                f"{problem}: terms { {k: float(v) for k, v in terms.items()} }. Training stopped; "
+                f"{self.folder.kept(self.saved_epoch)}. Lower optim.lr or check the input data."
             )
         self._optimizer_step(total)
         return terms, len(pids) * self.dist.world_size  # the global batch: every rank's loss is its loss

@@ -133,9 +133,10 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: int) -> None:
-    """Train in a child process (one per core keeps both cores busy with small models)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "requested.yaml"
+    """Train in a child process (one per core keeps both cores busy with small models); the requested
+    configuration and the child's output lie beside the run folder (``<hash>.yaml``, ``<hash>.log``)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir.with_name(f"{run_dir.name}.yaml")
     dump_config(cfg, cfg_path)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [
@@ -152,7 +153,7 @@ def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: 
         "--resume",
         "--no-progress",
     ]
-    with (run_dir / "train.log").open("w") as fh:
+    with run_dir.with_name(f"{run_dir.name}.log").open("w") as fh:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
 
 

@@ -141,18 +141,25 @@ def test_a_second_command_on_a_folder_in_use_is_refused_naming_the_holder(tiny_d
     assert cli.main(_train_args(tiny_data, run, "--resume", *TINY, "optim.epochs=2")) == 0  # the lock went with it
 
 
-def test_two_trainings_started_together_give_one_intact_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("second", ["train", "resume", "evaluate"])
+def test_a_command_meeting_a_training_is_refused_and_the_training_finishes_intact(tiny_data, tmp_path, second):
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=150")]
     first = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     while not (run / "checkpoints" / "last.pt").exists() and first.poll() is None:  # training, lock held
         time.sleep(0.05)
-    second = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    other = {
+        "train": argv,
+        "resume": [*argv, "--resume"],
+        "evaluate": [sys.executable, "-m", "canlib", "evaluate", "--run", str(run), "--device", "cpu"],
+    }[second]
+    refused = subprocess.run(other, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     _, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
-    assert second.returncode == cli.EXIT_BAD_INPUT and f"in use by pid {first.pid}" in second.stderr
+    assert refused.returncode == cli.EXIT_BAD_INPUT and f"in use by pid {first.pid} " in refused.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 151)) and (run / "metrics.json").is_file()
+    assert not (run / "evaluations").exists()
 
 
 def test_a_killed_training_leaves_no_lock_in_the_way_of_resume(tiny_data, tmp_path):

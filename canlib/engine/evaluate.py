@@ -21,6 +21,7 @@ from canlib.engine.precision import autocast
 from canlib.engine.record import run_record
 from canlib.engine.weights import model_from_checkpoint, read_run_config
 from canlib.metrics import evaluate_features
+from canlib.model import CAN
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,32 @@ def evaluate_model(
         "num_valid_queries": int(result.get("num_valid_queries", len(q_pids))),
         "descriptor_dim": int(qf.shape[1]),
     }
+    return out
+
+
+def descriptor_slices(model: CAN) -> dict[str, list[int]]:
+    """The descriptor's columns of the global features and of the local ones (``{"global": [...],
+    "local": [...]}``; a model without local features has no ``"local"``): the read-out that tells
+    whether local features add to the global ones or only add slices (Part-1 has global ones only)."""
+    embed = model.embed_dim
+    slices = {"global": model.global_indices, "local": model.local_indices}
+    return {name: [i * embed + j for i in idx for j in range(embed)] for name, idx in slices.items() if idx}
+
+
+def evaluate_slices(
+    model: CAN, query_loader: Iterable, gallery_loader: Iterable, device: torch.device, **options: Any
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_model`'s metrics of the whole descriptor and of its global and local slices alone
+    (:func:`descriptor_slices`), from one extraction; ``options`` as :func:`evaluate_model` takes them."""
+    ex = {k: options.pop(k) for k in ("flip_tta", "amp_dtype", "channels_last") if k in options}
+    qf, q_pids, q_camids = extract_features(model, query_loader, device, **ex)
+    gf, g_pids, g_camids = extract_features(model, gallery_loader, device, **ex)
+    out = {}
+    for name, cols in {"all": list(range(qf.shape[1])), **descriptor_slices(model)}.items():
+        result = evaluate_features(qf[:, cols], gf[:, cols], q_pids, g_pids, q_camids, g_camids, **options)
+        cmc = np.asarray(result["cmc"], dtype=float)
+        out[name] = {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "mINP": float(result["mINP"])}
+        out[name]["descriptor_dim"] = len(cols)
     return out
 
 

@@ -29,6 +29,7 @@ help:
 	@echo "make ablations   the cpu-profile grid of Tables 2-4 (reuses recorded runs)"
 	@echo "make experiments the training and ablation notebooks via papermill, copies in results/notebooks"
 	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
+	@echo "make controls    the pre-trained trunk alone on test and validation (results/controls)"
 	@echo "make digest      rewrite results/training-digest.json (after recording runs; tests/test_digest.py checks it)"
 	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
 	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
@@ -94,6 +95,11 @@ decide: $(STAMP) data
 # One SHA-256 per configuration the records use, of a short bit-exact training (canlib.lab.digest).
 digest: $(STAMP)
 	$(BIN)/python -m canlib digest
+
+# The proxy's control (issue 21): the pre-trained trunk alone, no fine-tuning, on the test split and
+# on validation splits drawn as the decisions draw them (results/controls/trunk-only.json).
+controls: $(STAMP) data
+	$(BIN)/python -m canlib controls --config configs/cpu.yaml --data-root $(DATA_ROOT)
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force

@@ -33,7 +33,7 @@ from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.run_folder import locked
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
-from canlib.lab import decide, digest, grid, pretrain
+from canlib.lab import controls, decide, digest, grid, pretrain
 from canlib.metrics import AP_VARIANTS, METRICS
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,30 @@ def _add_digest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_digest)
 
 
+@_reports_user_errors
+def _controls(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, [f"data.root={args.data_root}", *args.overrides])
+    result = controls.write_trunk_only(cfg, args.out, args.device)
+    for split, metrics in result["results"].items():
+        print(f"trunk only, {split:34s} mAP {metrics['mAP']:.4f}  rank-1 {metrics['rank1']:.4f}")
+    return 0
+
+
+def _add_controls(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "controls",
+        help="measure the pre-trained trunk alone, without fine-tuning (the proxy's control)",
+        description=controls.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="the profile whose trunk and geometry are measured")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", default="results/controls/trunk-only.json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_controls)
+
+
 #: The sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_make_synthetic,
@@ -434,6 +458,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_export_trunk,
     _add_decide,
     _add_digest,
+    _add_controls,
 )
 
 

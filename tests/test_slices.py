@@ -42,3 +42,16 @@ def test_global_and_local_slices_partition_the_descriptor(tiny_data):
     out = evaluate_slices(model, query, gallery, torch.device("cpu"))
     assert {k: v["descriptor_dim"] for k, v in out.items()} == {"all": 64, "global": 32, "local": 32}
     assert out["local"]["mAP"] != out["all"]["mAP"]
+
+
+def test_the_trunk_control_reads_the_trunk_of_a_part1_model_on_each_split(tiny_data):
+    from canlib.lab.controls import TrunkDescriptor, trunk_only
+
+    cfg = load_config(SMOKE, [f"data.root={tiny_data}"])
+    splits = {"test": None, "validation": {"num_ids": 3, "seed": 0}}
+    result = trunk_only(cfg, splits=splits)
+    assert list(result["results"]) == ["test", "validation"] and result["record"]["config_hash"]
+    assert all(0 < r["mAP"] <= 1 and r["descriptor_dim"] == 2 * 128 for r in result["results"].values())
+    model, _, _ = _setup(tiny_data, "[1,3]")
+    with pytest.raises(ValueError, match="Part-1"):
+        TrunkDescriptor(model)

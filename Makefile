@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest gpu-check clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest controls gpu-check clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"

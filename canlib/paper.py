@@ -7,13 +7,13 @@ not change what any configuration trains (the training digest, :mod:`canlib.lab.
 
 All values are percentages on Market-1501 unless a data set is named, copied from the
 paper's Tables 2-6. Missing entries are ``None``. Known inconsistencies in the paper are
-noted where they occur (see also the book's results chapter).
+noted where they occur and collected in :data:`CONTRADICTIONS` (the book's results chapter prints them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The part patterns of the ablation in Tables 2 and 3 (Section 4.2): one branch per entry,
 #: 1 being the global branch. ``(1, 3, 5, 7)`` is the paper's final model.
@@ -160,6 +160,66 @@ TABLE6: dict[str, tuple[float | None, float | None, float | None, float | None]]
     "Pyramid": (79.0, 89.0, 76.9, 78.9),
     "CAN (ours)": (82.3, 91.6, 82.8, 86.1),
 }
+
+
+# --------------------------------------------------------------------------- its contradictions
+
+
+class Contradiction(NamedTuple):
+    """A place where the paper contradicts itself, the reading this book takes, and the chapter that shows it."""
+
+    where: str
+    reading: str
+    chapter: str
+
+
+#: Every contradiction of the paper that a chapter mentions, once each (the results chapter's table; the
+#: chapters link to it). ``chapter`` names the chapter that shows the evidence.
+CONTRADICTIONS: tuple[Contradiction, ...] = (
+    Contradiction(
+        "the abstract: CAN learns to 'weighted combine the adjacent slices'; Section 3.2.2: a parameter-free "
+        "max pooling of two adjacent blocks",
+        "Section 3.2.2: an element-wise maximum with no weights (the abstract describes no layer)",
+        "chapter 3",
+    ),
+    Contradiction(
+        "Section 3.2.2 names the layer 'Adaptive (Concatenation) Pooling', the name of PyTorch's adaptive pooling; "
+        "its equation (1) gives other, overlapping windows for 5, 7 and 9 stripes",
+        "equation (1), the only rule the text writes down (model.pooling: paper); PyTorch's is model.pooling: adaptive",
+        "chapter 2",
+    ),
+    Contradiction(
+        "equation (2) lists n fused features LP_0..LP_{n-1} plus the global one; eq. (3) and the feature "
+        "count (16) need n-1",
+        "n-1 fused features per branch (eq. (3))",
+        "chapter 4",
+    ),
+    Contradiction(
+        "equation (8) selects the hardest negative with argmax of the distance",
+        "argmin: the closest negative, as the cited batch-hard loss",
+        "chapter 5",
+    ),
+    Contradiction(
+        "equation (9) writes the center loss without the square of the cited loss",
+        "1/2 squared distance, as Wen et al. (loss.center_squared)",
+        "chapter 5",
+    ),
+    Contradiction(
+        "Part-1,2,3 is 'essentially MGN' at 86.6 mAP; MGN's paper reports 86.9",
+        "both shown; MGN's in Table 5",
+        "chapter 9",
+    ),
+    Contradiction(
+        "Table 5 gives CAN 90.6 / 96.4 on Market-1501; Table 4's best row of the same model is 89.6 / 95.7",
+        "report both; treat 89.6 as the recipe's target",
+        "chapter 10",
+    ),
+    Contradiction(
+        "Section 4.6's text swaps CAN's Duke numbers with CUHK03's and gives Pyramid 82.3 / 91.6",
+        "Table 6 is the consistent reading (Pyramid at 79.0 / 89.0 in the table)",
+        "chapter 10",
+    ),
+)
 
 
 # --------------------------------------------------------------------------- the text's claims

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from canlib.book import VERDICT_COLOURS, claim_verdict, claims_table, markdown_table
+from canlib.book import VERDICT_COLOURS, claim_verdict, claims_table, claims_tally, markdown_table
+from canlib.lab.analysis import count_verdicts
 
 
 def _claims(holds: list[str], ts: list[float]) -> pd.DataFrame:
@@ -28,11 +29,11 @@ def _claims(holds: list[str], ts: list[float]) -> pd.DataFrame:
 @pytest.mark.parametrize(
     "holds,t,kind,word",
     [
-        ("yes", 4.0, "clear for", "holds (clear)"),
-        ("yes", 1.0, "for", "holds (within noise)"),
-        ("no", -3.5, "clear against", "contradicted (clear)"),
-        ("no", -0.2, "against", "contradicted (within noise)"),
-        ("no", math.nan, "against", "contradicted</span>"),
+        ("yes", 4.0, "clear for", "holds, clear of seed noise"),
+        ("yes", 1.0, "for", "holds on the means, within seed noise"),
+        ("no", -3.5, "clear against", "contradicted, clear of seed noise"),
+        ("no", -0.2, "against", "contradicted on the means, within seed noise"),
+        ("no", math.nan, "against", "contradicted on the means, seed noise not measured"),
         ("not run", math.nan, "not run", "not run yet"),
     ],
 )
@@ -54,3 +55,20 @@ def test_claims_table_one_and_two_grids() -> None:
     assert "| -6.9 |" in text and "not run yet" in text
     with pytest.raises(ValueError, match="other claims"):
         claims_table({"a": before, "b": before.iloc[::-1]})
+
+
+def test_claims_tally_tells_means_from_clear() -> None:
+    judged = _claims(["yes", "yes", "yes", "no", "no", "not run"], [4.0, 0.4, 1.0, -0.2, -6.9, math.nan])
+    assert count_verdicts(judged) == {"clear for": 1, "for": 2, "against": 1, "clear against": 1, "not run": 1}
+    text = claims_tally(judged, html=False)
+    assert text == (
+        "of 5 claims run (|t| ≥ 3 counts as clear): 1 holds clear of seed noise; "
+        "2 hold on the means, within seed noise; 1 contradicted on the means, within seed noise; "
+        "1 contradicted clear of seed noise"
+    )
+    html = claims_tally(judged)
+    for kind in ("clear for", "for", "against", "clear against"):
+        assert VERDICT_COLOURS[kind] in html
+    assert VERDICT_COLOURS["not run"] not in html
+    assert claims_tally(_claims(["not run"], [math.nan])) == "not run yet"
+    assert count_verdicts(judged, clear=0.3)["clear for"] == 3  # t = 0.4 is clear only with a lower bar

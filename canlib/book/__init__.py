@@ -33,7 +33,9 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["claim_verdict", "claims_table", "glue_figure", "glue_table", "markdown_table"]
+from canlib.lab.analysis import CLEAR_T, count_verdicts, verdict_kind
+
+__all__ = ["claim_verdict", "claims_table", "claims_tally", "glue_figure", "glue_table", "markdown_table"]
 
 Format = str | Callable[[Any], str]
 
@@ -115,7 +117,8 @@ def glue_figure(name: str, fig: Any) -> None:
     plt.close(fig)
 
 
-#: Colours of a claim's verdict (GitHub's palette, readable on a white page), by strength.
+#: Colours of a claim's verdict (GitHub's palette, readable on a white page), by strength: dark green
+#: and dark red when clear of seed noise, olive and orange when only the means go that way.
 VERDICT_COLOURS = {
     "clear for": "#1a7f37",
     "for": "#4d7c0f",
@@ -124,24 +127,54 @@ VERDICT_COLOURS = {
     "not run": "#6e7781",
 }
 
+#: The words of each verdict kind (:data:`canlib.lab.analysis.VERDICT_KINDS`), for one claim and for a count.
+VERDICT_WORDS = {
+    "clear for": ("✅ holds, clear of seed noise", "hold clear of seed noise"),
+    "for": ("✅ holds on the means, within seed noise", "hold on the means, within seed noise"),
+    "against": ("❌ contradicted on the means, within seed noise", "contradicted on the means, within seed noise"),
+    "clear against": ("❌ contradicted, clear of seed noise", "contradicted clear of seed noise"),
+    "not run": ("\N{EN DASH} not run yet", "not run yet"),
+}
 
-def claim_verdict(holds: str, t: float, clear: float = 3.0) -> str:
-    """A claim's verdict as coloured inline HTML, from ``holds`` ("yes", "no", "not run") and its min Welch t.
 
-    Coloured by sign and size of ``t`` (green for, red against; darker when ``|t| >= clear``),
-    with a symbol and words so that it reads without colour too.
-    """
-    if holds == "not run":
-        kind, text = "not run", "\N{EN DASH} not run yet"
-    else:
-        strong = not math.isnan(t) and abs(t) >= clear
-        kind = ("clear " if strong else "") + ("for" if holds == "yes" else "against")
-        noise = "" if math.isnan(t) else " (clear)" if strong else " (within noise)"
-        text = ("✅ holds" if holds == "yes" else "❌ contradicted") + noise
+def _coloured(kind: str, text: str) -> str:
     return f'<span style="color:{VERDICT_COLOURS[kind]}">{text}</span>'
 
 
-def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float = 3.0) -> pd.DataFrame:
+def claim_verdict(holds: str, t: float, clear: float = CLEAR_T) -> str:
+    """A claim's verdict as coloured inline HTML, from ``holds`` ("yes", "no", "not run") and its min Welch t.
+
+    Words and colour tell "on the means, within seed noise" (``|t| < clear``) from "clear of seed noise"
+    (:func:`canlib.lab.analysis.verdict_kind`); with ``t`` NaN (one seed) the noise is not measured.
+    """
+    kind = verdict_kind(holds, t, clear)
+    text = VERDICT_WORDS[kind][0]
+    if kind in ("for", "against") and math.isnan(t):
+        text = text.replace("within seed noise", "seed noise not measured")
+    return _coloured(kind, text)
+
+
+def claims_tally(judged: pd.DataFrame, clear: float = CLEAR_T, html: bool = True) -> str:
+    """The count of a :func:`canlib.lab.analysis.judge_claims` frame's verdicts, in words (and colour if ``html``).
+
+    Every kind with at least one claim, e.g. "of 8 claims: 2 hold clear of seed noise, 1 hold on the means,
+    within seed noise, ...", or "not run yet" when no claim was run.
+    """
+    counts = count_verdicts(judged, clear)
+    run = len(judged) - counts["not run"]
+    if run == 0:
+        return "not run yet"
+    parts = []
+    for kind, n in counts.items():
+        if n and kind != "not run":
+            words = VERDICT_WORDS[kind][1]
+            text = f"{n} " + ("holds" + words[4:] if n == 1 and words.startswith("hold ") else words)
+            parts.append(_coloured(kind, text) if html else text)
+    head = f"of {run} claims run (|t| ≥ {clear:g} counts as clear)"
+    return f"{head}: " + "; ".join(parts)
+
+
+def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float = CLEAR_T) -> pd.DataFrame:
     """The verdicts of :func:`canlib.lab.analysis.judge_claims`, ready for :func:`glue_table`.
 
     ``claims``: one ``judge_claims`` frame, or ``{grid label: frame}`` for several grids judged

@@ -102,6 +102,32 @@ def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict
     }
 
 
+#: |Welch t| at or above which a claim's ordering counts as clear of seed noise (three seeds per row:
+#: the one-sided 95 % threshold lies between 2.1 and 2.9).
+CLEAR_T = 3.0
+
+#: The strength of a verdict, weakest to strongest on each side; ``count_verdicts`` counts these.
+VERDICT_KINDS = ("clear for", "for", "against", "clear against", "not run")
+
+
+def verdict_kind(holds: str, t: float, clear: float = CLEAR_T) -> str:
+    """One of :data:`VERDICT_KINDS`: which way a claim went on the means (``holds``) and whether ``|t| >= clear``.
+
+    ``"for"`` and ``"against"`` are orderings of the means *within* seed noise (or with noise not measured,
+    ``t`` NaN); only the ``"clear ..."`` kinds are clear of it.
+    """
+    if holds == "not run":
+        return "not run"
+    strong = not math.isnan(t) and abs(t) >= clear
+    return ("clear " if strong else "") + ("for" if holds == "yes" else "against")
+
+
+def count_verdicts(judged: pd.DataFrame, clear: float = CLEAR_T) -> dict[str, int]:
+    """How many claims of a :func:`judge_claims` frame fall in each of :data:`VERDICT_KINDS`."""
+    kinds = [verdict_kind(h, float(t), clear) for h, t in zip(judged["proxy holds?"], judged["min t"], strict=True)]
+    return {kind: kinds.count(kind) for kind in VERDICT_KINDS}
+
+
 def judge_claims(
     records: Sequence[dict[str, Any]], claims: Sequence[paper.Claim] | None = None, metric: str = "mAP"
 ) -> pd.DataFrame:

@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+unit: $(STAMP) data
 	$(BIN)/python -m pytest tests -q
 
 nbval: $(STAMP) data

@@ -417,15 +417,22 @@ def config_value(cfg: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+#: Keys added to the schema after runs were recorded, with the value that trains as the code did
+#: before them. At that value a key is left out of :func:`config_hash`, so a new option does not
+#: rename every recorded run; set to anything else, it is hashed like any key.
+LATER_KEYS: dict[str, Any] = {}
+
+
 def config_hash(
     cfg: Mapping[str, Any], exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images")
 ) -> str:
-    """A short, stable hash of a resolved configuration (ignoring keys that do not change the result)."""
-    plain = _plain(cfg)
-    for dotted in exclude:
+    """A short, stable hash of a resolved configuration (ignoring keys that do not change the result,
+    and the :data:`LATER_KEYS` at their neutral value)."""
+    plain, excluded = _plain(cfg), tuple(exclude)
+    for dotted in [*excluded, *LATER_KEYS]:
         *parents, leaf = dotted.split(".")
         node = functools.reduce(lambda n, k: n.get(k, {}) if isinstance(n, dict) else {}, parents, plain)
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (dotted in excluded or node.get(leaf) == LATER_KEYS[dotted]):
             node.pop(leaf, None)
     blob = json.dumps(plain, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

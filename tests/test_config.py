@@ -309,3 +309,12 @@ def test_sections_check_types_and_ranges_as_load_config_does():
         load_config(None, ["model.embed_bn=true"])  # the booleans of the first records are gone
     with pytest.raises(dataclasses.FrozenInstanceError):
         data.p = 4  # type: ignore[misc]
+
+
+def test_a_key_added_later_is_hashed_only_off_its_neutral_value(monkeypatch):
+    from canlib import config as config_mod
+
+    base = load_config(None)
+    monkeypatch.setitem(config_mod.LATER_KEYS, "optim.lr", base["optim"]["lr"])
+    assert config_hash(base) == config_hash({**base, "optim": {k: v for k, v in base["optim"].items() if k != "lr"}})
+    assert config_hash(load_config(None, ["optim.lr=0.5"])) != config_hash(base)

@@ -88,9 +88,11 @@ ablations: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
 
 # The paper's silences and the proxy's calibration, decided on a validation split of the training
-# identities before the grid is run (results/decisions/; configs/cpu.yaml holds the choices).
-decide: $(STAMP) data
-	$(BIN)/python -m canlib decide --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
+# identities before the grid is run (results/decisions/<profile>-<dataset>/; configs/cpu.yaml holds
+# the proxy's choices). On a real data set: make decide PROFILE=paper DATASET=market1501
+# DATA_ROOT=/data/reid DEVICE=cuda (its own folder; configs/paper-*.yaml say which keys it decides).
+decide: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
+	$(BIN)/python -m canlib decide --config $(PROFILE_FILE) --data-root $(DATA_ROOT) --jobs $(JOBS) --device $(DEVICE)
 
 # One SHA-256 per configuration the records use, of a short bit-exact training (canlib.lab.digest).
 digest: $(STAMP)
@@ -110,6 +112,8 @@ ablations-force: $(STAMP) data
 PROFILE ?= cpu
 DATASET ?= synthetic
 DEVICE  ?= cpu
+JOBS    ?= $(if $(filter cpu,$(DEVICE)),2,1)
+PROFILE_FILE = configs/$(if $(filter paper,$(PROFILE)),paper-$(DATASET),$(PROFILE)).yaml
 EXPERIMENTS := 08_training 09_ablations
 experiments: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
 	mkdir -p results/notebooks

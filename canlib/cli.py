@@ -363,8 +363,10 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 @_reports_user_errors
 def _decide(args: argparse.Namespace) -> int:
+    results = args.results or decide.results_folder(args.config)
+    runs = args.runs or Path("runs") / Path(results).relative_to("results")
     for d in decide.run_decisions(
-        args.config, args.data_root, decide.STAGES, args.seeds, args.results, args.runs, args.jobs, args.device
+        args.config, args.data_root, decide.STAGES, args.seeds, results, runs, args.jobs, args.device
     ):
         print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
     return 0
@@ -380,8 +382,8 @@ def _add_decide(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="the profile the decisions are for (configs/cpu.yaml)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=list(decide.SEEDS))
-    p.add_argument("--results", default="results/decisions")
-    p.add_argument("--runs", default="runs/decisions")
+    p.add_argument("--results", help="records (default results/decisions/<profile>-<dataset>)")
+    p.add_argument("--runs", help="working run folders (default runs/decisions/<profile>-<dataset>)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_decide)

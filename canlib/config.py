@@ -131,6 +131,14 @@ class DataSection:
         0, "Training identities held out as a validation query/gallery (0: none); the test split is then never read."
     )
     val_seed: Int = _doc(0, "Which identities are held out.")
+    val_groups: Bool = _doc(
+        False, "Hold out whole look-alike groups (data sets that name them: the synthetic one), as the test split does."
+    )
+    val_gallery_ids: Count = _doc(
+        0,
+        "Synthetic sets only: this many new people (never trained on, never tested) added to the validation"
+        " gallery with the test gallery's share of distractor images, to hold as many people as the test gallery.",
+    )
     test_batch_size: Positive = _doc(128, "Batch size of the query and gallery loaders.")
     verify_images: Bool = _doc(True, "Decode every image before training, so a corrupt file stops the run at once.")
     cache: Literal["none", "memory", "device"] = _doc(
@@ -195,6 +203,14 @@ class OptimSection:
     gamma: Scale = _doc(0.1, "Section 4.5.")
     epochs: Positive = _doc(600, "Section 4.5.")
     center_lr: Weight = _doc(0.5, "Silent: the centres' own SGD, as in the strong baseline.")
+    head_lr_mult: Scale = _doc(
+        1.0,
+        "Silent: the learning rate of the layers the pre-trained trunk lacks (embedding, its BN, the"
+        " classifiers) is lr times this (1: one rate, the literal reading; PCB and MGN use 10).",
+    )
+    warmup_epochs: Count = _doc(
+        0, "Silent: a linear warm-up from lr / (warmup_epochs + 1) to lr over this many epochs (0: none)."
+    )
 
 
 @_section("train")
@@ -420,7 +436,12 @@ def config_value(cfg: Mapping[str, Any], key: str) -> Any:
 #: Keys added to the schema after runs were recorded, with the value that trains as the code did
 #: before them. At that value a key is left out of :func:`config_hash`, so a new option does not
 #: rename every recorded run; set to anything else, it is hashed like any key.
-LATER_KEYS: dict[str, Any] = {}
+LATER_KEYS: dict[str, Any] = {
+    "optim.head_lr_mult": 1.0,
+    "optim.warmup_epochs": 0,
+    "data.val_groups": False,
+    "data.val_gallery_ids": 0,
+}
 
 
 def config_hash(

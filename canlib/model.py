@@ -321,6 +321,10 @@ class CAN(nn.Module):
         pooled = torch.cat([branch.pool(maps[name]) for name, branch in self.named_branches()], dim=2)
         return self.embedding(pooled)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the layers a pre-trained trunk lacks: the embedding (and its BN) and the classifiers."""
+        return [*self.embedding.parameters(), *self.classifiers.parameters()]
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> embedded features ``(B, F, embed_dim)`` (equation (3))."""
         return self.forward_embedding(x)[1]

@@ -171,8 +171,10 @@ def test_a_stage_sees_the_later_stages_defaults_whatever_the_profile_holds():
     # cpu.yaml holds every choice made; rerunning an early stage must not see the later ones,
     # or `make decide` on a fresh clone would train the early stages again in another context
     stages = decide_mod.STAGES
-    later_keys = {x.split("=")[0] for s in stages[1:] for o in s.options for x in o.overrides}
-    shifted = [f"{k}=7" if "milestones" not in k else f"{k}=[1, 2, 3]" for k in sorted(later_keys)]
+    later_keys = {x.split("=")[0] for s in stages[1:] for x in s.option(s.default).overrides}
+    values = {x.split("=")[0]: x.split("=", 1)[1] for s in stages[1:] for o in reversed(s.options) for x in o.overrides}
+    numeric = {k for k, v in values.items() if v.replace(".", "").isdigit()}
+    shifted = [f"{k}=7.0" if k in numeric else f"{k}={values[k]}" for k in sorted(later_keys)]
     for row in decide_mod.stage_rows(stages[0], [], decide_mod.pending_defaults(stages, 0)):
         plain = load_config(CPU, list(row.overrides))
         moved = load_config(CPU, shifted + list(row.overrides))
@@ -206,3 +208,39 @@ def test_a_validation_gallery_like_the_test_gallery_has_its_share_of_distractors
     assert 0 not in queried and len(queried) < 50  # distractor ids are gallery-only
     for _, pid, cam in split.query:
         assert any(g_pid == pid and g_cam != cam for _, g_pid, g_cam in split.gallery)
+
+
+def test_new_layers_get_their_own_learning_rate_and_the_default_keeps_one_group():
+    from canlib.config import RunSections
+    from canlib.engine.build import build_loss, build_model, build_optimizers
+
+    def groups(*overrides: str) -> list[dict]:
+        run = RunSections.from_config(load_config(SMOKE, ["model.pretrained=null", *overrides]))
+        model = build_model(run.model, 4)
+        optimizer, _, _ = build_optimizers(run.optim, model, build_loss(run.loss, model, 4))
+        return optimizer.param_groups
+
+    (one,) = groups()
+    trunk, head = groups("optim.head_lr_mult=10.0", "optim.lr=0.001")
+    assert head["lr"] == pytest.approx(10 * trunk["lr"]) and trunk["lr"] == pytest.approx(0.001)
+    assert len(one["params"]) == len(trunk["params"]) + len(head["params"])
+    n_head = sum(p.numel() for p in head["params"])
+    model = build_model(RunSections.from_config(load_config(SMOKE, ["model.pretrained=null"])).model, 4)
+    assert n_head == sum(p.numel() for m in (model.embedding, model.classifiers) for p in m.parameters())
+
+
+def test_the_warm_up_rises_linearly_then_the_steps_apply():
+    import torch
+
+    from canlib.engine.build import step_schedule
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = step_schedule(opt, [3, 5], 0.1, warmup_epochs=2)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1, 0.1, 0.01])
+    plain = step_schedule(opt, [3, 5], 0.1)
+    assert isinstance(plain, torch.optim.lr_scheduler.MultiStepLR)

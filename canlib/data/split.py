@@ -102,6 +102,7 @@ def hold_out_validation(
     seed: int = 0,
     groups: Sequence[Sequence[int]] | None = None,
     like_test_gallery: bool = False,
+    extra_gallery: Sequence[Record] = (),
 ) -> ReIDDataset:
     """A data set whose train split lacks ``num_ids`` training identities, and whose query and
     gallery are those identities' images (the original query/gallery are not carried over).
@@ -111,6 +112,8 @@ def hold_out_validation(
     e.g. the synthetic set's ``meta.json``) are held out whole, so that a held-out identity's
     look-alikes are not in training, as on the test split. ``like_test_gallery`` makes some held-out
     identities gallery-only distractors (pid 0), in the proportion of the data set's test gallery.
+    ``extra_gallery`` records (people outside the data set, e.g.
+    :func:`canlib.data.synthetic.gallery_identities`) join the gallery as they are.
     """
     raw_of = {new: raw for raw, new in dataset.pid_map.items()}
     raw_pids = sorted(raw_of.values())
@@ -132,6 +135,7 @@ def hold_out_validation(
     else:
         query = [r for q, _ in parts.values() for r in q]
         gallery = [r for _, g in parts.values() for r in g]
+    gallery = [*gallery, *extra_gallery]
     split = ReIDDataset(train, query, gallery, root=dataset.root, check_stats=False)
     split.name = f"{dataset.name}[val {num_ids} ids, seed {seed}]"
     split.held_out_pids = sorted(held)

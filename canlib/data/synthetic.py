@@ -292,6 +292,50 @@ def make_synthetic(
     return {**stats, "files_total": len(specs), "seconds": seconds, "images_per_second": len(specs) / seconds}
 
 
+#: Where :func:`gallery_identities` puts its images, under the set's folder.
+GALLERY_IDENTITIES = "gallery_identities"
+#: Added to the set's seed for the appearance of :func:`gallery_identities`' people (their cameras
+#: keep the set's seed, so they are filmed as the set's own identities are).
+_GALLERY_SEED_OFFSET = 7919
+
+
+def gallery_identities(root: str | os.PathLike[str], ids: int, workers: int = 1) -> list[tuple[str, int, int]]:
+    """Gallery images of ``ids`` more people for the synthetic set at ``root``, none of them in it.
+
+    A validation gallery drawn from 50 training identities holds 50 people; the test gallery holds
+    250. These people fill a validation gallery to the test gallery's size, as Market-1501's
+    distractor set fills its gallery: new identities (pids after the set's last, look-alike groups
+    among themselves, appearance, tracks and noise from another seed), filmed by the set's own
+    cameras, with the test identities' number of gallery images and the generator's share of
+    distractor images (pid 0; no junk, which evaluation drops). Written once to
+    ``root/gallery_identities/<ids>/`` (deterministic, under a file lock) and returned as
+    (path, pid, camid) records.
+    """
+    from filelock import FileLock
+
+    base = Path(root)
+    meta = json.loads((base / "meta.json").read_text())
+    cameras_of = SyntheticConfig(**meta["arguments"])
+    cfg = dataclasses.replace(cameras_of, seed=cameras_of.seed + _GALLERY_SEED_OFFSET)
+    pids = list(range(cfg.ids + 1, cfg.ids + 1 + int(ids)))
+    specs = [s for s in plan_images(cfg, [], pids) if s.subset == "bounding_box_test" and s.kind != "junk"]
+    out = base / GALLERY_IDENTITIES / str(int(ids))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        done = out / "done.json"
+        if not done.is_file():
+            identities, _ = make_identities(pids, cfg.seed, cfg.hard_negative_fraction, cfg.group_size)
+            c = cameras_of
+            cameras = make_cameras(c.cameras, c.seed, c.camera_strength, c.noise, c.blur)
+            shutil.rmtree(out, ignore_errors=True)
+            _write_images(out, specs, Renderer(cfg, {i.pid: i for i in identities}, cameras), workers)
+            for subset in ("bounding_box_train", "query"):
+                (out / subset).rmdir()
+            done.write_text(json.dumps({"ids": int(ids), "pids": [pids[0], pids[-1]], "images": len(specs)}) + "\n")
+            log.info("synthetic gallery identities: %d images of %d new people in %s", len(specs), ids, out)
+    return [(str(out / s.subset / s.filename), s.pid, s.cam) for s in specs]
+
+
 def _write_images(out: Path, specs: list[ImageSpec], renderer: Renderer, workers: int) -> None:
     """Render and save every image, in batches of 64 (in ``workers`` processes when more than one)."""
     for s in SUBSETS:

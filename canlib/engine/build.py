@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from canlib.data.base import ReIDDataset
 from canlib.data.cache import BatchAugment, CachedTrainLoader
 from canlib.data.datasets import dataset_names
 from canlib.data.split import hold_out_validation
+from canlib.data.synthetic import gallery_identities
 from canlib.engine.distributed import GlobalBatchShard, shard_test_loader, shard_train_loader
 from canlib.losses import CANLoss, center_optimizer
 from canlib.model import CAN
@@ -60,8 +62,18 @@ def build_dataset(data: DataSection) -> ReIDDataset:
         raise ValueError("no data root: pass --data-root DIR (or set data.root in the profile)")
     dataset = load_dataset(data.dataset, data.root, **data.options)
     if data.val_ids > 0:  # decide on validation: the test split is never read
-        dataset = hold_out_validation(dataset, data.val_ids, data.val_seed)
+        groups = dataset.look_alike_groups if data.val_groups else None
+        if data.val_groups and not groups:
+            raise ConfigError(f"data.val_groups: {data.dataset} names no look-alike groups")
+        extra = _gallery_identities(data) if data.val_gallery_ids else ()
+        dataset = hold_out_validation(dataset, data.val_ids, data.val_seed, groups=groups, extra_gallery=extra)
     return dataset
+
+
+def _gallery_identities(data: DataSection) -> list[tuple[str, int, int]]:
+    if data.dataset != "synthetic":
+        raise ConfigError(f"data.val_gallery_ids: only the synthetic set can draw new people, not {data.dataset}")
+    return gallery_identities(data.root, data.val_gallery_ids)
 
 
 def resolve_pretrained(value: str | None) -> str | None:
@@ -120,11 +132,42 @@ def build_optimizers(
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
     schedule of Section 4.5."""
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+        _parameter_groups(model, optim.lr, optim.head_lr_mult),
+        lr=optim.lr,
+        betas=optim.betas,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    scheduler = step_schedule(optimizer, optim.milestones, optim.gamma, optim.warmup_epochs)
     centers = center_optimizer(loss, lr=optim.center_lr) if loss.center is not None else None
     return optimizer, centers, scheduler
+
+
+def _parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """One group at ``lr`` (``head_lr_mult == 1``), or the trunk at ``lr`` and the new layers
+    (:meth:`CAN.head_parameters`) at ``lr * head_lr_mult``."""
+    if head_lr_mult == 1.0 or not isinstance(model, CAN):
+        return [{"params": list(model.parameters())}]
+    head = {id(p) for p in model.head_parameters()}
+    trunk = [p for p in model.parameters() if id(p) not in head]
+    return [{"params": trunk, "lr": lr}, {"params": list(model.head_parameters()), "lr": lr * head_lr_mult}]
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, milestones: Sequence[int], gamma: float, warmup_epochs: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Section 4.5's steps (x ``gamma`` after each milestone epoch); with ``warmup_epochs``, a
+    linear warm-up from 1 / (warmup_epochs + 1) of each group's rate first (per epoch, as the strong
+    baseline warms up)."""
+    if warmup_epochs == 0:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
+    steps = sorted(milestones)
+
+    def factor(epoch: int) -> float:
+        warm = min(1.0, (epoch + 1) / (warmup_epochs + 1))
+        return warm * gamma ** sum(epoch >= m for m in steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _file_train_loader(d: DataSection, dataset: ReIDDataset, seed: int, rank: int, world_size: int) -> DataLoader:

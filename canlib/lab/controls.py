@@ -22,6 +22,7 @@ from canlib.config import RunSections
 from canlib.data import build_test_loaders, load_dataset
 from canlib.data.base import ReIDDataset
 from canlib.data.split import hold_out_validation
+from canlib.data.synthetic import gallery_identities
 from canlib.engine.build import build_model
 from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.record import run_record
@@ -34,6 +35,7 @@ SPLITS: dict[str, dict[str, Any] | None] = {
     "test": None,
     "validation (ids)": {"num_ids": 50, "seed": 0},
     "validation (groups, distractors)": {"num_ids": 50, "seed": 0, "groups": True, "like_test_gallery": True},
+    "validation (groups, 200 gallery people)": {"num_ids": 50, "seed": 0, "groups": True, "gallery_ids": 200},
 }
 
 
@@ -51,12 +53,15 @@ class TrunkDescriptor(nn.Module):
         return branch.global_pool(self.model.feature_maps(x)[name]).flatten(1)
 
 
-def _split(dataset: ReIDDataset, spec: Mapping[str, Any] | None) -> ReIDDataset:
+def _split(dataset: ReIDDataset, spec: Mapping[str, Any] | None, root: str) -> ReIDDataset:
     if spec is None:
         return dataset
     groups = dataset.look_alike_groups if spec.get("groups") else None
     like_test = bool(spec.get("like_test_gallery"))
-    return hold_out_validation(dataset, spec["num_ids"], spec["seed"], groups=groups, like_test_gallery=like_test)
+    extra = gallery_identities(root, spec["gallery_ids"]) if spec.get("gallery_ids") else ()
+    return hold_out_validation(
+        dataset, spec["num_ids"], spec["seed"], groups=groups, like_test_gallery=like_test, extra_gallery=extra
+    )
 
 
 def trunk_only(
@@ -70,7 +75,7 @@ def trunk_only(
     trunk = TrunkDescriptor(build_model(model_section, full.num_train_pids)).eval()
     results = {}
     for name, spec in splits.items():
-        data = _split(full, spec)
+        data = _split(full, spec, run.data.root)
         d = run.data
         query, gallery = build_test_loaders(data, d.height, d.width, d.test_batch_size, d.num_workers, d.normalize)
         metrics = evaluate_model(trunk, query, gallery, torch.device(device), **evaluation_options(run.eval))

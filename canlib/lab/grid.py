@@ -31,6 +31,7 @@ from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
 from canlib.engine.record import copy_record
 from canlib.lab.analysis import summarize
+from canlib.lab.readout import read_slices, record_slices
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,35 @@ def ablation_rows(tables: Iterable[str] = ("Table 2", "Table 3", "Table 4")) -> 
         final = _pattern_overrides(paper.PART_PATTERNS[paper.FINAL_PATTERN], True)
         for label, kwargs in paper.LOSS_ROWS.items():
             rows.append(Row("Table 4", label, final + _loss_overrides(kwargs)))
+    if CONTROLS in tables:
+        rows += control_rows()
     return rows
+
+
+#: The grid's table of controls (not one of the paper's tables).
+CONTROLS = "Controls"
+
+
+def control_rows() -> list[Row]:
+    """Rows that separate "local features help" from "more descriptor slices" and test a reading:
+
+    Part-1 (the global branch alone) under Tables 2-3's loss and under Table 4's final loss, and
+    Part-1,3,5,7 with CA and PyTorch's adaptive pooling instead of equation (1) (``model.pooling``),
+    under Table 3's loss, as the paper's "Adaptive Concatenation Pooling" may mean. The pre-trained
+    trunk alone, without fine-tuning, is measured by :mod:`canlib.lab.controls` (no training).
+    """
+    global_only = _pattern_overrides((1,), False)
+    final_loss = paper.LOSS_ROWS[list(paper.LOSS_ROWS)[-1]]
+    ca = _pattern_overrides(paper.PART_PATTERNS[paper.FINAL_PATTERN], True)
+    return [
+        Row(CONTROLS, "Part-1 (Tables 2-3 loss)", global_only + _loss_overrides(paper.ablation_loss())),
+        Row(CONTROLS, "Part-1 (final loss)", global_only + _loss_overrides(final_loss)),
+        Row(
+            CONTROLS,
+            "Part-1,3,5,7 + CA, adaptive pooling",
+            (*ca, *_loss_overrides(paper.ablation_loss()), "model.pooling=adaptive"),
+        ),
+    ]
 
 
 def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> dict[str, Any]:
@@ -118,7 +147,22 @@ def load_records(
             run = {"table": row.table, "row": row.label, "seed": seed, "run": config_hash(cfg)}
             out.append({**run, "commit": metrics["commit"], "dirty": metrics["dirty"]})
             out[-1].update({k: metrics[k] for k in METRIC_KEYS if k in metrics})
+            out[-1]["final_ce"] = final_train_ce(Path(results_dir) / out[-1]["run"])
+            for name, part in (read_slices(Path(results_dir) / out[-1]["run"]) or {}).items():
+                if name in ("global", "local"):
+                    out[-1][f"mAP_{name}"] = part["mAP"]
     return out
+
+
+def final_train_ce(run_dir: str | Path) -> float | None:
+    """The training cross-entropy of a recorded run's last epoch (``log.jsonl``), or None."""
+    try:
+        lines = (Path(run_dir) / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    epochs = [json.loads(line) for line in lines if line.strip()]
+    values = [e["loss_ce"] for e in epochs if "loss_ce" in e and "epoch" in e]
+    return float(values[-1]) if values else None
 
 
 def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -168,8 +212,12 @@ def run_grid(
     device: str = "cpu",
     jobs: int = 1,
     threads_per_job: int | None = None,
+    slices: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every (row, seed) and return one record per run (as :func:`load_records`).
+
+    With ``slices``, each newly trained run is also evaluated on its global and its local slices
+    (:mod:`canlib.lab.readout`).
 
     Identical configurations that appear in two tables (Table 3's Part-1,3,5,7 is Table 4's
     last row) are trained once. ``jobs`` runs train side by side in child processes. An
@@ -188,7 +236,10 @@ def run_grid(
         if run_dir.exists() and force:
             shutil.rmtree(run_dir)
         _train_subprocess(cfg, run_dir, device, threads)
-        log.info("recorded %s", copy_record(run_dir, results_dir / key))
+        record = copy_record(run_dir, results_dir / key)
+        if slices:
+            record_slices(run_dir, record, device)
+        log.info("recorded %s", record)
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         list(pool.map(work, todo.items()))

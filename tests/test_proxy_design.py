@@ -1,0 +1,98 @@
+"""The proxy's design for its decisions and grid (issue 21): a validation split as hard as the test
+split, the dead-head rule, the grid's read-outs. Fast: no training beyond a smoke run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from canlib.config import RunSections, config_hash, load_config
+from canlib.data import load_dataset
+from canlib.data.synthetic import gallery_identities
+from canlib.engine.build import build_dataset
+from canlib.lab import decide as decide_mod
+from canlib.lab.grid import final_train_ce
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ROOT / "configs" / "cpu.yaml"
+
+
+def _records(values: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    return [
+        {"table": "s", "row": row, "seed": s, "run": f"{row}{s}", "mAP": m, "final_ce": ce}
+        for row, vs in values.items()
+        for s, (m, ce) in enumerate(vs)
+    ]
+
+
+STAGE = decide_mod.Stage("s", "q", "a", "why", (decide_mod.Option("a", ()), decide_mod.Option("b", ())))
+
+
+def test_an_option_whose_classifier_stays_near_chance_is_disqualified_whatever_its_map():
+    chance = math.log(200)
+    dead_b = _records({"a": [(0.30, 1.0), (0.31, 1.1)], "b": [(0.60, 5.0), (0.61, 5.1)]})
+    d = decide_mod.decide(STAGE, dead_b, chance_ce=chance)
+    assert d.chosen == "a" and d.disqualified == ["b"] and d.final_ce["b"] == pytest.approx(5.05)
+    assert decide_mod.decide(STAGE, dead_b).chosen == "b"  # without the rule, the dead head wins
+    dead_default = _records({"a": [(0.60, 4.0), (0.61, 4.0)], "b": [(0.30, 1.0), (0.31, 1.0)]})
+    d = decide_mod.decide(STAGE, dead_default, chance_ce=chance)
+    assert d.chosen == "b" and "disqualified" in d.reason  # no tie protection for a dead default
+    all_dead = _records({"a": [(0.60, 4.0)], "b": [(0.30, 4.5)]})
+    d = decide_mod.decide(STAGE, all_dead, chance_ce=chance)
+    assert d.chosen == "a" and d.disqualified == ["a", "b"] and "cannot decide" in d.reason
+    edge = 0.7 * chance  # the threshold itself is alive
+    assert decide_mod.decide(STAGE, _records({"a": [(0.3, edge)], "b": [(0.2, 1.0)]}), chance_ce=chance).chosen == "a"
+
+
+def test_final_train_ce_reads_the_last_epoch_of_a_run_log(tmp_path):
+    lines = [{"epoch": 1, "loss_ce": 5.0}, {"epoch": 2, "loss_ce": 1.25}, {"eval": True}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert final_train_ce(tmp_path) == 1.25 and final_train_ce(tmp_path / "none") is None
+
+
+def test_the_schedule_is_decided_first_and_the_paper_rate_is_its_default():
+    first = decide_mod.STAGES[0]
+    assert first.name == "schedule" and first.default == "lr 3e-4, one rate"
+    overrides = dict(x.split("=", 1) for x in first.option(first.default).overrides)
+    assert overrides["optim.lr"] == "3.0e-4" and overrides["optim.head_lr_mult"] == "1.0"
+
+
+def test_new_keys_at_their_neutral_values_keep_the_recorded_hashes():
+    base = load_config(CPU)
+    neutral = ["optim.head_lr_mult=1.0", "optim.warmup_epochs=0", "data.val_groups=false", "data.val_gallery_ids=0"]
+    assert config_hash(load_config(CPU, neutral)) == config_hash(base)
+    assert config_hash(load_config(CPU, ["optim.head_lr_mult=10.0"])) != config_hash(base)
+
+
+def test_gallery_identities_are_new_people_filmed_by_the_sets_cameras(tiny_data):
+    full = load_dataset("synthetic", tiny_data)
+    extra = gallery_identities(tiny_data, 6)
+    again = gallery_identities(tiny_data, 6)
+    assert extra == again and all(Path(p).is_file() for p, _, _ in extra)
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    known = set(meta["train_pids"]) | set(meta["test_pids"])
+    people = {pid for _, pid, _ in extra if pid != 0}
+    assert len(people) == 6 and not people & known and min(people) > max(known)
+    assert {cam for _, _, cam in extra} <= set(range(meta["arguments"]["cameras"]))
+    assert any(pid == 0 for _, pid, _ in extra)  # the generator's share of distractor images
+    def digests(records):
+        return {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p, pid, _ in records if pid == 0}
+
+    assert not digests(extra) & digests(full.gallery)  # not copies of the test gallery's distractors
+
+
+def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
+    root = ROOT / "data" / "synthetic"
+    cfg = load_config(CPU, [f"data.root={root}", *decide_mod.VALIDATION])
+    val = build_dataset(RunSections.from_config(cfg).data)
+    test = load_dataset("synthetic", root)
+    people = {pid for _, pid, _ in val.gallery}
+    assert abs(len(people) - len({pid for _, pid, _ in test.gallery})) <= 5
+    assert not {pid for _, pid, _ in val.query} & {pid for _, pid, _ in test.query}
+    assert val.num_train_pids == 200 and math.isclose(
+        decide_mod.split_of(CPU, root)[1], math.log(200)
+    )

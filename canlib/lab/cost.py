@@ -58,16 +58,18 @@ class Estimate:
             return "cost: nothing to train, every run is recorded"
         if self.images is None:
             return f"cost: {self.runs} runs to train; training images not counted ({self.note})"
-        head = f"cost: {self.runs} runs to train, {self.images / 1e6:.2f} M training images{self.note}"
+        head = f"cost: {self.runs} runs to train, {self.images:,} training images{self.note}"
         if self.throughput is None:
             return (
                 f"{head}; no measured throughput for this device (run `make gpu-check` on it, or pass "
                 "--images-per-second): GPU-hours not estimated"
             )
         t = self.throughput
+        hours = self.gpu_hours or 0.0
         return (
-            f"{head}; at {t.images_per_second:.1f} images/s ({t.source}) about {self.gpu_hours:.1f} GPU-hours "
-            "of training steps (evaluations not counted; one GPU per run at that rate)"
+            f"{head}; at {t.images_per_second:.1f} images/s ({t.source}) about {hours:.1f} GPU-hours "
+            f"of training steps, {hours / self.runs:.2f} h a run "
+            "(evaluations not counted; one GPU per run at that rate)"
         )
 
 
@@ -114,7 +116,7 @@ def estimate_grid(cfgs: Sequence[dict[str, Any]], throughput: Throughput | None)
     note = ""
     if len(per_run) == 1 and len(epochs) == 1:
         (n,), (e,) = per_run, epochs
-        note = f" ({e} epochs x {n // e} images each)"
+        note = f" (each run {e} epochs x {n // e:,} images)"
     return estimate(images, throughput, note)
 
 

@@ -165,7 +165,7 @@ def executor(options: ClusterOptions) -> Any:
     try:
         ex.update_parameters(**options.parameters())
     except (NameError, AssertionError) as exc:  # submitit's refusals of unknown or mistyped options
-        raise ValueError(f"submitit refused the job options: {exc}") from None
+        raise ValueError(f"submitit refused the job options: {str(exc).splitlines()[0]}") from None
     return ex
 
 

@@ -33,7 +33,7 @@ from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.run_folder import locked
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
-from canlib.lab import controls, decide, digest, grid, pretrain
+from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain
 from canlib.metrics import AP_VARIANTS, METRICS
 
 log = logging.getLogger(__name__)
@@ -321,24 +321,139 @@ def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- experiments
+def _cluster_options(args: argparse.Namespace) -> launch.ClusterOptions:
+    """``--launcher submitit``'s job options (``--slurm-*``)."""
+    if args.slurm_time is None:
+        raise ValueError("--launcher submitit needs --slurm-time MINUTES (each job's time limit)")
+    extra = []
+    for option in args.slurm_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm-option expects KEY=VALUE (e.g. account=myproject), got {option!r}")
+        extra.append((key.replace("-", "_"), int(value) if value.isdigit() else value))
+    return launch.ClusterOptions(
+        folder=Path(args.slurm_logs or Path(args.runs) / "submitit"),
+        timeout_min=args.slurm_time,
+        cluster=args.submitit_cluster,
+        partition=args.slurm_partition,
+        gpus_per_node=args.gpus_per_run if args.device.startswith("cuda") else 0,
+        mem_gb=args.slurm_mem,
+        cpus_per_task=args.slurm_cpus,
+        extra=tuple(extra),
+    )
+
+
+def _local_gpus(args: argparse.Namespace) -> list[str] | None:
+    """The GPUs the local pool places runs on (``--device cuda``), or None (every child sees the parent's device)."""
+    if args.device != "cuda":
+        if args.gpus_per_run > 1:
+            raise ValueError(f"--gpus-per-run {args.gpus_per_run} needs --device cuda (got --device {args.device})")
+        return None
+    gpus = launch.local_gpus()
+    if args.jobs * args.gpus_per_run < len(gpus):
+        log.info(
+            "%d of %d visible GPUs in use (--jobs %d x --gpus-per-run %d)",
+            args.jobs * args.gpus_per_run,
+            len(gpus),
+            args.jobs,
+            args.gpus_per_run,
+        )
+    return gpus
+
+
+def _throughput(args: argparse.Namespace) -> cost.Throughput | None:
+    """``--images-per-second``, else the newest ``make gpu-check`` measurement of this GPU model (CUDA only)."""
+    if args.images_per_second is not None:
+        if args.images_per_second <= 0:
+            raise ValueError(f"--images-per-second must be positive, got {args.images_per_second}")
+        return cost.Throughput(args.images_per_second, "--images-per-second")
+    if not args.device.startswith("cuda"):
+        return None
+    gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None  # None: a login node
+    return cost.measured_throughput(args.gpu_check, gpu_name)
+
+
+def _runs_folder(results: str | Path, runs: str | None) -> Path:
+    """The working folders beside a grid's records: ``results/x/y`` -> ``runs/x/y`` (unless ``runs``)."""
+    if runs:
+        return Path(runs)
+    path = Path(results)
+    return Path("runs", *path.parts[1:]) if path.parts[:1] == ("results",) else path.with_name(path.name + "-runs")
+
+
 @_reports_user_errors
 def _ablate(args: argparse.Namespace) -> int:
     rows = grid.ablation_rows(args.tables)
     if args.rows:
         rows = [r for r in rows if r.label in args.rows]
+    submitit = args.launcher == "submitit"
+    results = args.results or grid.results_folder(args.config)
     records = grid.run_grid(
         args.config,
         args.data_root,
         rows=rows,
         seeds=args.seeds,
-        results_dir=args.results,
-        runs_dir=args.runs,
+        results_dir=results,
+        runs_dir=_runs_folder(results, args.runs),
+        slices=args.slices,
         force=args.force,
         device=args.device,
         jobs=args.jobs,
+        gpus=None if submitit else _local_gpus(args),
+        gpus_per_run=args.gpus_per_run,
+        cluster=_cluster_options(args) if submitit else None,
+        throughput=_throughput(args),
     )
-    print(grid.write_tables(records, args.results).to_string())
+    print(grid.write_tables(records, results).to_string())
     return 0
+
+
+def _add_ablate_launch(p: argparse.ArgumentParser) -> None:
+    """``ablate``'s options of where runs train: GPUs, torchrun, submitit and Slurm, the cost estimate."""
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained side by side (one per core suits small models; with --device cuda, one per GPU slot)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=int,
+        default=1,
+        help="GPUs per run (> 1: torchrun with one process per GPU); with --device cuda each run sees only its own",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["pool", "submitit"],
+        default="pool",
+        help="pool: child processes on this machine; submitit: one Slurm job per missing run (waits for them)",
+    )
+    p.add_argument(
+        "--submitit-cluster",
+        choices=["slurm", "local"],
+        default="slurm",
+        help="submitit's executor (local: the same jobs as processes of this machine)",
+    )
+    p.add_argument("--slurm-partition", help="the partition the jobs go to (default: the cluster's)")
+    p.add_argument("--slurm-time", type=int, metavar="MINUTES", help="each job's time limit (needed by submitit)")
+    p.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per job (default: the cluster's)")
+    p.add_argument("--slurm-cpus", type=int, help="CPUs per job (data loader workers; default: the cluster's)")
+    p.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other submitit Slurm option without its slurm_ prefix, e.g. account=abc, qos=high; repeatable",
+    )
+    p.add_argument("--slurm-logs", help="submitit's folder of job scripts and logs (default: RUNS/submitit)")
+    p.add_argument(
+        "--images-per-second",
+        type=float,
+        help="training images/s of one run on one GPU, for the cost estimate (default: make gpu-check's)",
+    )
+    p.add_argument(
+        "--gpu-check", default=str(cost.GPU_CHECK_DIR), help="the folder of make gpu-check results (its JSON files)"
+    )
 
 
 def _add_ablate(sub: argparse._SubParsersAction) -> None:
@@ -346,25 +461,31 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         "ablate",
         help="train (or reuse) the ablation grid of Tables 2-4",
         description="Train every row of the paper's Tables 2-4 for each seed, reusing runs already "
-        "recorded with the same configuration, and write runs.csv and summary.csv.",
+        "recorded with the same configuration, and write runs.csv and summary.csv. Before training it logs "
+        "the runs to train and, where a throughput is known, their GPU-hours. On one machine the runs are "
+        "child processes (--jobs side by side; with --device cuda each on its own --gpus-per-run GPUs); "
+        "with --launcher submitit each missing run is a Slurm job.",
     )
     p.add_argument("--config", required=True, help="profile YAML (configs/cpu.yaml, configs/paper-market1501.yaml)")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--tables", nargs="+", default=["Table 2", "Table 3", "Table 4"], help="which tables")
+    p.add_argument("--tables", nargs="+", default=["Table 2", "Table 3", "Table 4"], help="which tables (and Controls)")
     p.add_argument("--rows", nargs="+", help="only these row labels (e.g. Part-1,3,5,7)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--results", default="results/ablations", help="where runs are recorded (in git)")
-    p.add_argument("--runs", default="runs/ablations", help="working folders with checkpoints (not in git)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained side by side (one per core suits small models)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--results", help="where runs are recorded (in git; default results/ablations/<profile>-<dataset>)")
+    p.add_argument(
+        "--runs", help="working folders with checkpoints (not in git; default runs/ablations/<profile>-<dataset>)"
+    )
+    p.add_argument("--slices", action="store_true", help="also evaluate each new run on its global and local slices")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: the GPUs are placed by --jobs and --gpus-per-run")
     p.add_argument("--force", action="store_true", help="retrain even when a recorded run exists")
+    _add_ablate_launch(p)
     p.set_defaults(func=_ablate)
 
 
 @_reports_user_errors
 def _decide(args: argparse.Namespace) -> int:
-    results = args.results or decide.results_folder(args.config)
-    runs = args.runs or Path("runs") / Path(results).relative_to("results")
+    results = args.results or grid.results_folder(args.config, "decisions")
+    runs = _runs_folder(results, args.runs)
     for d in decide.run_decisions(
         args.config, args.data_root, decide.STAGES, args.seeds, results, runs, args.jobs, args.device
     ):

@@ -73,7 +73,7 @@ def build_dataset(data: DataSection) -> ReIDDataset:
 def _gallery_identities(data: DataSection) -> list[tuple[str, int, int]]:
     if data.dataset != "synthetic":
         raise ConfigError(f"data.val_gallery_ids: only the synthetic set can draw new people, not {data.dataset}")
-    return gallery_identities(data.root, data.val_gallery_ids)
+    return gallery_identities(str(data.root), data.val_gallery_ids)
 
 
 def resolve_pretrained(value: str | None) -> str | None:
@@ -128,7 +128,7 @@ def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
 
 def build_optimizers(
     optim: OptimSection, model: nn.Module, loss: CANLoss
-) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.MultiStepLR]:
+) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler]:
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
     schedule of Section 4.5."""
     optimizer = torch.optim.Adam(

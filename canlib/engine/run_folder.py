@@ -98,8 +98,16 @@ def locked(folder: str | Path, command: str) -> Iterator[None]:
         lock.release()
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 for a single process)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def check_not_busy(folder: Path) -> None:
-    """Refuse, naming the holder, a folder whose lock another process holds (see :func:`locked`)."""
+    """Refuse, naming the holder, a folder whose lock another process holds (see :func:`locked`).
+    Only rank 0 checks under torchrun: the lock it takes (:func:`hold`) is its own job's, not another's."""
+    if _rank() != 0:
+        return
     if (folder / LOCK).exists() and folder.resolve() not in _HELD:
         with locked(folder, "check"):
             pass
@@ -110,7 +118,7 @@ def hold(folder: str | Path, command: str) -> Iterator[None]:
     """:func:`locked` by a single process or rank 0 of a torchrun job (the other ranks write nothing).
     Creates the folder for its lock, and removes it again if the command left it empty."""
     folder = Path(folder)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if _rank() != 0:
         yield
         return
     created = not folder.exists()

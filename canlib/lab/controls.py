@@ -75,7 +75,7 @@ def trunk_only(
     trunk = TrunkDescriptor(build_model(model_section, full.num_train_pids)).eval()
     results = {}
     for name, spec in splits.items():
-        data = _split(full, spec, run.data.root)
+        data = _split(full, spec, str(run.data.root))
         d = run.data
         query, gallery = build_test_loaders(data, d.height, d.width, d.test_batch_size, d.num_workers, d.normalize)
         metrics = evaluate_model(trunk, query, gallery, torch.device(device), **evaluation_options(run.eval))

@@ -413,12 +413,6 @@ def validation_overrides(dataset: str, train_ids: int) -> tuple[str, ...]:
     return (f"data.val_ids={max(2, round(train_ids / 5))}", "data.val_seed=0")
 
 
-def results_folder(profile: str | Path, kind: str = "decisions") -> Path:
-    """``results/<kind>/<profile>-<dataset>``: each profile and data set records in its own folder."""
-    cfg = load_config(profile)
-    return Path("results") / kind / f"{cfg['profile']}-{cfg['data']['dataset']}"
-
-
 def split_of(profile: str | Path, data_root: str | Path) -> tuple[tuple[str, ...], float]:
     """The decision runs' validation overrides (:func:`validation_overrides`) and the CE of a
     classifier at chance on them: ln of the number of identities they train on."""

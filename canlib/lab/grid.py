@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pandas as pd
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
 from canlib.engine.record import copy_record
+from canlib.lab import cost, launch
 from canlib.lab.analysis import summarize
 from canlib.lab.readout import read_slices, record_slices
 
@@ -105,6 +105,13 @@ def control_rows() -> list[Row]:
     ]
 
 
+def results_folder(profile: str | Path, kind: str = "ablations") -> Path:
+    """``results/<kind>/<profile>-<dataset>``: each profile and data set records its grid (or its
+    decisions) in its own folder, so that a paper-profile grid never touches the proxy's records."""
+    cfg = load_config(profile)
+    return Path("results") / kind / f"{cfg['profile']}-{cfg['data']['dataset']}"
+
+
 def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> dict[str, Any]:
     """The resolved configuration of one run of ``row`` with ``seed``."""
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
@@ -176,29 +183,88 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     return [{**rec, **provenance(results_dir / rec["run"])} for rec in records]
 
 
-def _train_subprocess(cfg: dict[str, Any], run_dir: Path, device: str, threads: int) -> None:
-    """Train in a child process (one per core keeps both cores busy with small models); the requested
-    configuration and the child's output lie beside the run folder (``<hash>.yaml``, ``<hash>.log``)."""
+def _train_subprocess(
+    cfg: dict[str, Any], run_dir: Path, device: str, threads: int | None, nproc: int = 1, slot: launch.Slot = None
+) -> None:
+    """Train in a child process (one per core keeps both cores busy with small models; under torchrun
+    for ``nproc > 1``; on the GPUs of ``slot`` only); the requested configuration and the child's output
+    lie beside the run folder (``<hash>.yaml``, ``<hash>.log``)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir.with_name(f"{run_dir.name}.yaml")
     dump_config(cfg, cfg_path)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [
-        sys.executable,
-        "-m",
-        "canlib",
-        "train",
-        "--config",
-        str(cfg_path),
-        "--output",
-        str(run_dir),
-        "--device",
-        device,
-        "--resume",
-        "--no-progress",
-    ]
+    cmd = launch.train_command(cfg_path, run_dir, device, nproc)
+    env = launch.child_env(os.environ, threads, slot, nproc)
     with run_dir.with_name(f"{run_dir.name}.log").open("w") as fh:
         subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+
+
+def train_and_record(
+    cfg: dict[str, Any],
+    run_dir: str,
+    results_dir: str,
+    device: str,
+    threads: int | None,
+    nproc: int = 1,
+    slot: launch.Slot = None,
+    fresh: bool = False,
+    slices: bool = False,
+) -> str:
+    """Train one run in its working folder ``run_dir`` (resuming it, or from scratch with ``fresh``) and
+    copy its record to ``results_dir/<hash>``; returns that folder. What the local pool runs for each
+    run, and what a cluster job runs (top-level, plain arguments: submitit pickles it). With
+    ``slices``, the trained model is also read out on its global and local slices (:mod:`canlib.lab.readout`)."""
+    folder = Path(run_dir)
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    _train_subprocess(cfg, folder, device, threads, nproc, slot)
+    dest = copy_record(folder, Path(results_dir) / folder.name)
+    if slices:
+        record_slices(folder, dest, device)
+    log.info("recorded %s", dest)
+    return str(dest)
+
+
+def _train_on_pool(
+    todo: dict[str, dict[str, Any]],
+    runs_dir: Path,
+    results_dir: Path,
+    device: str,
+    slots: Sequence[launch.Slot],
+    threads: int,
+    nproc: int,
+    fresh: bool,
+    slices: bool = False,
+) -> None:
+    """Train ``todo`` side by side, one run per slot; the rest wait in the pool's queue."""
+    free = launch.SlotPool(slots)
+
+    def work(item: tuple[str, dict[str, Any]]) -> None:
+        key, cfg = item
+        with free.take() as slot:
+            train_and_record(cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, slot, fresh, slices)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        list(pool.map(work, todo.items()))
+
+
+def _train_on_cluster(
+    todo: dict[str, dict[str, Any]],
+    runs_dir: Path,
+    results_dir: Path,
+    device: str,
+    cluster: launch.ClusterOptions,
+    threads: int | None,
+    nproc: int,
+    fresh: bool,
+    slices: bool = False,
+) -> None:
+    """Submit ``todo`` as one job array through submitit and wait for every job."""
+    runs_dir, results_dir = runs_dir.resolve(), results_dir.resolve()  # the jobs may start elsewhere
+    calls = [
+        (cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, None, fresh, slices)
+        for key, cfg in todo.items()
+    ]
+    launch.wait(launch.submit(train_and_record, calls, cluster), list(todo))
 
 
 def run_grid(
@@ -212,6 +278,10 @@ def run_grid(
     device: str = "cpu",
     jobs: int = 1,
     threads_per_job: int | None = None,
+    gpus: Sequence[str] | None = None,
+    gpus_per_run: int = 1,
+    cluster: launch.ClusterOptions | None = None,
+    throughput: cost.Throughput | None = None,
     slices: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every (row, seed) and return one record per run (as :func:`load_records`).
@@ -220,29 +290,29 @@ def run_grid(
     (:mod:`canlib.lab.readout`).
 
     Identical configurations that appear in two tables (Table 3's Part-1,3,5,7 is Table 4's
-    last row) are trained once. ``jobs`` runs train side by side in child processes. An
-    interrupted run resumes from its working folder (``force=True`` discards it first).
+    last row) are trained once. ``jobs`` runs train side by side in child processes; with
+    ``gpus`` (the visible GPUs' identifiers, :func:`canlib.lab.launch.local_gpus`) each child sees
+    only its own ``gpus_per_run`` of them (:func:`canlib.lab.launch.place`). A run of
+    ``gpus_per_run > 1`` processes trains under torchrun. With ``cluster`` the runs are submitted
+    as jobs instead (:func:`canlib.lab.launch.submit`). An interrupted run resumes from its working
+    folder (``force=True`` discards it first). The cost of what is missing is logged first
+    (:mod:`canlib.lab.cost`, at ``throughput``).
     """
     rows = list(rows if rows is not None else ablation_rows())
     results_dir, runs_dir = Path(results_dir), Path(runs_dir)
-    threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    slots: list[launch.Slot] = list(launch.place(jobs, gpus, gpus_per_run)) if gpus is not None else [None] * jobs
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
     todo = {key: cfg for key, cfg in plan.items() if force or recorded_run(results_dir, cfg) is None}
+    for cfg in todo.values():
+        launch.check_split(int(cfg["data"]["p"]), gpus_per_run)
     log.info("ablation grid: %d runs, %d distinct, %d to train", len(rows) * len(seeds), len(plan), len(todo))
+    log.info("%s", cost.estimate_grid(list(todo.values()), throughput).line())
 
-    def work(item: tuple[str, dict[str, Any]]) -> None:
-        key, cfg = item
-        run_dir = runs_dir / key
-        if run_dir.exists() and force:
-            shutil.rmtree(run_dir)
-        _train_subprocess(cfg, run_dir, device, threads)
-        record = copy_record(run_dir, results_dir / key)
-        if slices:
-            record_slices(run_dir, record, device)
-        log.info("recorded %s", record)
-
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        list(pool.map(work, todo.items()))
+    if cluster is not None:
+        _train_on_cluster(todo, runs_dir, results_dir, device, cluster, threads_per_job, gpus_per_run, force, slices)
+    else:
+        threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(len(slots), 1))
+        _train_on_pool(todo, runs_dir, results_dir, device, slots, threads, gpus_per_run, force, slices)
 
     records = load_records(profile, data_root, rows, seeds, results_dir)
     missing = len(rows) * len(seeds) - len(records)

@@ -149,8 +149,13 @@ class ModelSection:
     )
     parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")
-    embed_dim: Positive = _doc(256, "Section 3.2.3.")
+    embed_dim: Positive | None = _doc(
+        256, "Section 3.2.3. null: no embedding layer, the pooled feature itself (the strong baseline's head)."
+    )
     pooling: Literal["paper", "adaptive"] = _doc("paper", "Equation (1); adaptive = PyTorch's adaptive pooling.")
+    pool_ops: Literal["max+avg", "avg", "max"] = _doc(
+        "max+avg", "Section 3.2.2: max and average pooling, concatenated; avg alone is the strong baseline's."
+    )
     embed_bn: Literal["shared", "per_feature", "none"] = _doc(
         "shared",
         "Silent: after the 1x1 embedding, one BN over all features, one BN each, or none (the literal reading).",
@@ -162,6 +167,10 @@ class ModelSection:
     layer3_stride: Positive = _doc(
         2, "2 as in ResNet50; the cpu proxy sets 1 so that 192x64 gives the paper's 24x8 map."
     )
+    classifier: Literal["cosine", "linear"] = _doc(
+        "cosine", "Section 4.5: a cosine classifier; linear: bias-free (the strong baseline's; needs loss.ce_scale 1)."
+    )
+    embed_bn_bias: Bool = _doc(True, "The embedding BN learns its shift; false: fixed at 0 (the BNNeck of BoT).")
 
 
 @_section("loss")
@@ -194,6 +203,10 @@ class OptimSection:
     milestones: Epochs = _doc((250, 350, 450), "The learning rate is multiplied by gamma after these (Section 4.5).")
     gamma: Scale = _doc(0.1, "Section 4.5.")
     epochs: Positive = _doc(600, "Section 4.5.")
+    warmup_epochs: Count = _doc(
+        0, "Not in the paper (0: none): the lr rises linearly from warmup_factor x lr in epoch 1 to lr in this epoch."
+    )
+    warmup_factor: Annotated[Float, Field(gt=0, le=1)] = _doc(0.1, "The first warm-up epoch's fraction of lr.")
     center_lr: Weight = _doc(0.5, "Silent: the centres' own SGD, as in the strong baseline.")
 
 
@@ -420,7 +433,14 @@ def config_value(cfg: Mapping[str, Any], key: str) -> Any:
 #: Keys added to the schema after runs were recorded, with the value that trains as the code did
 #: before them. At that value a key is left out of :func:`config_hash`, so a new option does not
 #: rename every recorded run; set to anything else, it is hashed like any key.
-LATER_KEYS: dict[str, Any] = {}
+LATER_KEYS: dict[str, Any] = {
+    # the strong baseline's head and schedule (configs/bot-market1501.yaml, the sanity check)
+    "model.pool_ops": "max+avg",
+    "model.classifier": "cosine",
+    "model.embed_bn_bias": True,
+    "optim.warmup_epochs": 0,
+    "optim.warmup_factor": 0.1,
+}
 
 
 def config_hash(

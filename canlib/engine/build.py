@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from canlib.config import ConfigError, DataSection, LossSection, ModelSection, OptimSection, RunSections
@@ -89,11 +90,22 @@ def build_model(model: ModelSection, num_classes: int) -> CAN:
         layer3_stride=model.layer3_stride,
         descriptor_norm=model.descriptor_norm,
         backbone_kwargs=dict(model.backbone_kwargs),
+        pool_ops=model.pool_ops,
+        classifier=model.classifier,
+        embed_bn_bias=model.embed_bn_bias,
     )
 
 
 def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
-    """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features."""
+    """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features.
+
+    A linear classifier's scores are logits already: ``loss.ce_scale`` (made for cosines) must then be 1.
+    """
+    if model.classifier == "linear" and loss.ce_scale != 1.0:
+        raise ConfigError(
+            f"configuration: loss.ce_scale multiplies cosine logits; with model.classifier=linear it must be 1.0, "
+            f"got {loss.ce_scale}"
+        )
     return CANLoss(
         num_classes=num_classes,
         feat_dim=model.embed_dim,
@@ -114,17 +126,30 @@ def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
     )
 
 
+def build_scheduler(optim: OptimSection, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """The step schedule of Section 4.5, stepped once per epoch; with ``optim.warmup_epochs`` W > 1,
+    times a linear warm-up (torch's ``LinearLR`` chained with ``MultiStepLR``): epoch ``e <= W`` trains
+    at ``lr * (f + (1 - f) * (e - 1) / (W - 1))``, ``f = optim.warmup_factor``, so epoch 1 at ``f * lr``
+    and epoch W at ``lr`` (the strong baseline's ``lr(t) = 3.5e-4 * t / 10`` for ``t <= 10``)."""
+    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    if optim.warmup_epochs <= 1:
+        return steps
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=optim.warmup_factor, end_factor=1.0, total_iters=optim.warmup_epochs - 1
+    )
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, steps], optimizer=optimizer)
+
+
 def build_optimizers(
     optim: OptimSection, model: nn.Module, loss: CANLoss
-) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.MultiStepLR]:
+) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, LRScheduler]:
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
-    schedule of Section 4.5."""
+    schedule of Section 4.5 (:func:`build_scheduler`)."""
     optimizer = torch.optim.Adam(
         model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
     centers = center_optimizer(loss, lr=optim.center_lr) if loss.center is not None else None
-    return optimizer, centers, scheduler
+    return optimizer, centers, build_scheduler(optim, optimizer)
 
 
 def _file_train_loader(d: DataSection, dataset: ReIDDataset, seed: int, rank: int, world_size: int) -> DataLoader:

@@ -464,19 +464,32 @@ def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
 
 
 def profile_path(
-    profile: str, dataset: str = "synthetic", epochs: int | None = None, configs_dir: str | Path = "configs"
+    profile: str,
+    dataset: str = "synthetic",
+    epochs: int | None = None,
+    configs_dir: str | Path = "configs",
+    overrides: Iterable[str] = (),
 ) -> Path:
     """The profile file the book's experiment chapters use: ``paper`` -> ``paper-<dataset>.yaml``,
-    anything else -> ``<profile>.yaml``; with ``epochs``, a derived profile of another length
-    (written to a temporary folder; its runs get their own hash)."""
+    anything else -> ``<profile>.yaml``; with ``epochs`` or ``key=value`` ``overrides``, a derived
+    profile (written to a temporary folder; its runs get their own hash). A bad override is a
+    :class:`ConfigError` naming it, at once."""
     path = Path(configs_dir) / (f"paper-{dataset}.yaml" if profile == "paper" else f"{profile}.yaml")
     if not path.is_file():
         raise ConfigError(f"no profile {path} (profile={profile!r}, dataset={dataset!r})")
-    if epochs is None:
+    overrides = list(overrides)
+    if epochs is None and not overrides:
         return path
-    derived = Path(tempfile.mkdtemp()) / f"{path.stem}-e{int(epochs)}.yaml"
-    derived.write_text(yaml.safe_dump({"base": str(path.resolve()), "optim": {"epochs": int(epochs)}}))
-    return derived
+    derived: DictConfig = OmegaConf.create({"base": str(path.resolve())})
+    if epochs is not None:
+        derived = _merge(derived, {"optim": {"epochs": int(epochs)}}, f"epochs={epochs}")
+    for item in overrides:
+        derived = _merge(derived, _override(item), f"override '{item}'")
+    name = path.stem + (f"-e{int(epochs)}" if epochs is not None else "") + ("-overridden" if overrides else "")
+    out = Path(tempfile.mkdtemp()) / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(OmegaConf.to_container(derived, resolve=False)))
+    load_config(out)  # the overrides are checked now, not when a chapter first trains
+    return out
 
 
 #: Keys whose value is a free mapping (passed whole to a constructor), not a section.

@@ -44,6 +44,13 @@ def bot() -> RunSections:
     return RunSections.from_config(load_config(BOT, ["model.pretrained=null"]))
 
 
+@pytest.fixture(scope="module")
+def bot_model(bot):
+    """BoT's model for Market-1501's 751 training identities (random weights)."""
+    torch.manual_seed(0)
+    return build_model(bot.model, num_classes=751)
+
+
 def test_the_bot_profile_spells_out_bots_recipe_with_a_source_on_every_line(bot):
     d, m, loss, o = bot.data, bot.model, bot.loss, bot.optim
     assert (d.dataset, d.height, d.width, d.p, d.k) == ("market1501", 256, 128, 16, 4)
@@ -62,9 +69,8 @@ def test_the_bot_profile_spells_out_bots_recipe_with_a_source_on_every_line(bot)
     assert keys and all("#" in line for line in keys), [line for line in keys if "#" not in line]
 
 
-def test_the_bot_profile_builds_bots_head_and_loss(bot):
-    torch.manual_seed(0)
-    model = build_model(bot.model, num_classes=751)
+def test_the_bot_profile_builds_bots_head_and_loss(bot, bot_model):
+    model = bot_model
     assert model.num_features == 1 and model.feature_names == ["part1.global"]
     assert model.embedding.conv is None and model.embed_dim == model.descriptor_dim == 2048  # no embedding layer
     branch = model.branches["part1"]
@@ -88,9 +94,9 @@ def test_the_bot_profile_builds_bots_head_and_loss(bot):
         build_loss(RunSections.from_config(load_config(BOT, ["loss.ce_scale=30"])).loss, model, 751)
 
 
-def test_the_bot_schedule_is_bots_warm_up_and_steps(bot):
+def test_the_bot_schedule_is_bots_warm_up_and_steps(bot, bot_model):
     model = nn.Linear(2, 2)
-    loss = build_loss(bot.loss, build_model(bot.model, 4), 4)
+    loss = build_loss(bot.loss, bot_model, 751)
     optimizer, centers, scheduler = build_optimizers(bot.optim, model, loss)
     assert centers is not None and centers.param_groups[0]["lr"] == 1.0
     lrs = []
@@ -158,3 +164,26 @@ def test_the_verdict_compares_with_bots_published_numbers(mAP, rank1, kind):
 def test_the_verdict_refuses_percentages():
     with pytest.raises(ValueError, match=r"fraction in \[0, 1\] as metrics.json holds it, got 85.9"):
         verdict({"mAP": 85.9, "rank1": 94.5})
+
+
+def test_a_run_written_before_the_new_keys_still_resumes(tiny_data, tmp_path):
+    """A folder whose config.yaml lacks the keys added for BoT (an older canlib) resumes: at their
+    neutral values they train as before (config.LATER_KEYS)."""
+    import yaml
+
+    from canlib.config import LATER_KEYS
+    from canlib.engine.trainer import train
+
+    smoke = REPO / "configs" / "smoke.yaml"
+    run = tmp_path / "run"
+    train(load_config(smoke, [f"data.root={tiny_data}", "optim.epochs=1"]), run, device="cpu")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for dotted in LATER_KEYS:
+        section, key = dotted.split(".")
+        del saved[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    metrics = train(load_config(smoke, [f"data.root={tiny_data}"]), run, device="cpu", resume=True)
+    assert metrics["epoch"] == 2
+    changed = load_config(smoke, [f"data.root={tiny_data}", "model.classifier=linear", "loss.ce_scale=1"])
+    with pytest.raises(ValueError, match=r"differs in \['loss\.ce_scale', 'model\.classifier'\]"):  # not neutral
+        train(changed, run, device="cpu", resume=True)

@@ -154,6 +154,8 @@ gpu-check: $(STAMP)
 # (exit code 1 when below the tolerance). Its run folder: runs/sanity/<hash>; run again to resume.
 SANITY_CONFIG ?= configs/bot-market1501.yaml
 sanity: $(STAMP)
+	@if [ "$(origin DATA_ROOT)" = "file" ]; then \
+	  echo "make sanity trains on Market-1501, not the synthetic set: pass DATA_ROOT=<its folder> (and DEVICE=cuda)"; exit 2; fi
 	$(BIN)/python -m canlib sanity --config $(SANITY_CONFIG) --data-root $(DATA_ROOT) --device $(DEVICE)
 
 clean:

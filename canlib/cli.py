@@ -33,13 +33,15 @@ from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.run_folder import locked
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights
-from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain
+from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain, sanity
 from canlib.metrics import AP_VARIANTS, METRICS
 
 log = logging.getLogger(__name__)
 
-#: Exit codes: 0 success, 1 an ONNX parity failure, 2 bad input (config, data, files, arguments),
-#: 3 training diverged, 130 interrupted (Ctrl-C; the shells' 128 + SIGINT).
+#: Exit codes: 0 success, 1 a check that failed (ONNX parity; the sanity baseline below its published
+#: numbers), 2 bad input (config, data, files, arguments), 3 training diverged, 130 interrupted (Ctrl-C;
+#: the shells' 128 + SIGINT).
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -571,6 +573,36 @@ def _add_controls(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_controls)
 
 
+@_reports_user_errors
+def _sanity(args: argparse.Namespace) -> int:
+    try:
+        run = sanity.run_sanity(args.config, args.data_root, args.device, args.runs, args.overrides)
+    except TrainingDiverged as exc:
+        log.error("%s", exc)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as exc:
+        log.error("%s%s", exc, "; run the same command again to continue" if exc.resumable else "")
+        return EXIT_INTERRUPTED
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: rank 0 prints the report
+        print(sanity.report(run))
+    return 0 if run.verdict.ok else EXIT_CHECK_FAILED
+
+
+def _add_sanity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sanity",
+        help="train the sanity baseline (BoT's ResNet50) and compare it with its published numbers",
+        description=sanity.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/bot-market1501.yaml", help="the baseline's profile")
+    p.add_argument("--data-root", required=True, help="the folder holding Market-1501")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--runs", default="runs/sanity", help="where its run folder goes (<runs>/<configuration hash>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides, e.g. train.amp=off")
+    p.set_defaults(func=_sanity)
+
+
 #: The sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_make_synthetic,
@@ -582,6 +614,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_decide,
     _add_digest,
     _add_controls,
+    _add_sanity,
 )
 
 

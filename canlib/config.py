@@ -157,8 +157,13 @@ class ModelSection:
     )
     parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")
-    embed_dim: Positive = _doc(256, "Section 3.2.3.")
+    embed_dim: Positive | None = _doc(
+        256, "Section 3.2.3. null: no embedding layer, the pooled feature itself (the strong baseline's head)."
+    )
     pooling: Literal["paper", "adaptive"] = _doc("paper", "Equation (1); adaptive = PyTorch's adaptive pooling.")
+    pool_ops: Literal["max+avg", "avg", "max"] = _doc(
+        "max+avg", "Section 3.2.2: max and average pooling, concatenated; avg alone is the strong baseline's."
+    )
     embed_bn: Literal["shared", "per_feature", "none"] = _doc(
         "shared",
         "Silent: after the 1x1 embedding, one BN over all features, one BN each, or none (the literal reading).",
@@ -170,6 +175,10 @@ class ModelSection:
     layer3_stride: Positive = _doc(
         2, "2 as in ResNet50; the cpu proxy sets 1 so that 192x64 gives the paper's 24x8 map."
     )
+    classifier: Literal["cosine", "linear"] = _doc(
+        "cosine", "Section 4.5: a cosine classifier; linear: bias-free (the strong baseline's; needs loss.ce_scale 1)."
+    )
+    embed_bn_bias: Bool = _doc(True, "The embedding BN learns its shift; false: fixed at 0 (the BNNeck of BoT).")
 
 
 @_section("loss")
@@ -202,14 +211,15 @@ class OptimSection:
     milestones: Epochs = _doc((250, 350, 450), "The learning rate is multiplied by gamma after these (Section 4.5).")
     gamma: Scale = _doc(0.1, "Section 4.5.")
     epochs: Positive = _doc(600, "Section 4.5.")
+    warmup_epochs: Count = _doc(
+        0, "Not in the paper (0: none): the lr rises linearly from warmup_factor x lr in epoch 1 to lr in this epoch."
+    )
+    warmup_factor: Annotated[Float, Field(gt=0, le=1)] = _doc(0.1, "The first warm-up epoch's fraction of lr.")
     center_lr: Weight = _doc(0.5, "Silent: the centres' own SGD, as in the strong baseline.")
     head_lr_mult: Scale = _doc(
         1.0,
         "Silent: the learning rate of the layers the pre-trained trunk lacks (embedding, its BN, the"
         " classifiers) is lr times this (1: one rate, the literal reading; PCB and MGN use 10).",
-    )
-    warmup_epochs: Count = _doc(
-        0, "Silent: a linear warm-up from lr / (warmup_epochs + 1) to lr over this many epochs (0: none)."
     )
 
 
@@ -437,10 +447,16 @@ def config_value(cfg: Mapping[str, Any], key: str) -> Any:
 #: before them. At that value a key is left out of :func:`config_hash`, so a new option does not
 #: rename every recorded run; set to anything else, it is hashed like any key.
 LATER_KEYS: dict[str, Any] = {
+    # the proxy's schedule and validation split (issue 21)
     "optim.head_lr_mult": 1.0,
-    "optim.warmup_epochs": 0,
     "data.val_groups": False,
     "data.val_gallery_ids": 0,
+    # the strong baseline's head and schedule (configs/bot-market1501.yaml, the sanity check)
+    "model.pool_ops": "max+avg",
+    "model.classifier": "cosine",
+    "model.embed_bn_bias": True,
+    "optim.warmup_epochs": 0,
+    "optim.warmup_factor": 0.1,
 }
 
 
@@ -465,19 +481,32 @@ def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
 
 
 def profile_path(
-    profile: str, dataset: str = "synthetic", epochs: int | None = None, configs_dir: str | Path = "configs"
+    profile: str,
+    dataset: str = "synthetic",
+    epochs: int | None = None,
+    configs_dir: str | Path = "configs",
+    overrides: Iterable[str] = (),
 ) -> Path:
     """The profile file the book's experiment chapters use: ``paper`` -> ``paper-<dataset>.yaml``,
-    anything else -> ``<profile>.yaml``; with ``epochs``, a derived profile of another length
-    (written to a temporary folder; its runs get their own hash)."""
+    anything else -> ``<profile>.yaml``; with ``epochs`` or ``key=value`` ``overrides``, a derived
+    profile (written to a temporary folder; its runs get their own hash). A bad override is a
+    :class:`ConfigError` naming it, at once."""
     path = Path(configs_dir) / (f"paper-{dataset}.yaml" if profile == "paper" else f"{profile}.yaml")
     if not path.is_file():
         raise ConfigError(f"no profile {path} (profile={profile!r}, dataset={dataset!r})")
-    if epochs is None:
+    overrides = list(overrides)
+    if epochs is None and not overrides:
         return path
-    derived = Path(tempfile.mkdtemp()) / f"{path.stem}-e{int(epochs)}.yaml"
-    derived.write_text(yaml.safe_dump({"base": str(path.resolve()), "optim": {"epochs": int(epochs)}}))
-    return derived
+    derived: DictConfig = OmegaConf.create({"base": str(path.resolve())})
+    if epochs is not None:
+        derived = _merge(derived, {"optim": {"epochs": int(epochs)}}, f"epochs={epochs}")
+    for item in overrides:
+        derived = _merge(derived, _override(item), f"override '{item}'")
+    name = path.stem + (f"-e{int(epochs)}" if epochs is not None else "") + ("-overridden" if overrides else "")
+    out = Path(tempfile.mkdtemp()) / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(OmegaConf.to_container(derived, resolve=False)))
+    load_config(out)  # the overrides are checked now, not when a chapter first trains
+    return out
 
 
 #: Keys whose value is a free mapping (passed whole to a constructor), not a section.

@@ -12,6 +12,12 @@ Pipeline for the default ``parts=(1, 3, 5, 7)`` and a 384x128 image::
     eval: the 16 embedded features concatenated                     -> (B, 4096)
 
 Four global and twelve local 256-d features, as at the end of Section 3.2.3.
+
+The same class expresses the strong baseline of Luo et al. (2019, "BoT"), the sanity check
+before the paper's grid (``configs/bot-market1501.yaml``): ``parts=(1,)``, average pooling only
+(``pool_ops="avg"``), no embedding layer (``embed_dim=None``: the 2048 pooled channels), a BN
+without a learned shift (``embed_bn_bias=False``, BNNeck) and a bias-free linear classifier
+(``classifier="linear"``).
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from torch import Tensor, nn
 
 from canlib.attention import CollaborativeAttention
 from canlib.backbone import build_backbone
-from canlib.pooling import POOLING_MODES, ConcatPool
+from canlib.pooling import POOLING_MODES, ConcatPool, pool_channels
 
 __all__ = [
     "CAN",
+    "CLASSIFIERS",
     "DESCRIPTOR_NORMS",
     "EMBED_BN_MODES",
     "CANBranch",
     "CANOutput",
     "CosineClassifier",
     "EmbeddingNeck",
+    "build_classifier",
     "build_embedding",
     "can_resnet50",
     "count_features",
@@ -53,6 +61,10 @@ DESCRIPTOR_NORMS = ("none", "per_feature")
 #: batch and every feature), one BN per feature, or none (the paper's literal 1x1 convolution).
 EMBED_BN_MODES = ("shared", "per_feature", "none")
 
+#: The classifier of each feature: the cosine classifier of Section 4.5, or a bias-free linear layer
+#: (the strong baseline's, whose logits are scores, not cosines).
+CLASSIFIERS = ("cosine", "linear")
+
 
 class CANOutput(NamedTuple):
     """What :class:`CAN` returns in training mode.
@@ -60,7 +72,8 @@ class CANOutput(NamedTuple):
     Attributes:
         features: ``(B, F, embed_dim)`` embedded features, after the embedding's BN (what the
             classifiers and the test descriptor see).
-        logits: ``(B, F, num_classes)`` cosines in ``[-1, 1]``, unscaled (for the ID loss).
+        logits: ``(B, F, num_classes)`` cosines in ``[-1, 1]``, unscaled (for the ID loss); with
+            ``classifier="linear"`` the linear layer's scores.
         pre_bn: ``(B, F, embed_dim)`` the same features before the BN (equal to ``features``
             without BN); the BNNeck of Luo et al. (2019) feeds these to the triplet loss.
     """
@@ -95,6 +108,18 @@ class CosineClassifier(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
+def build_classifier(kind: str, in_features: int, num_classes: int) -> nn.Module:
+    """One feature's classifier: :class:`CosineClassifier`, or (``"linear"``) a bias-free
+    ``nn.Linear`` with weights from ``N(0, 0.001^2)``, the strong baseline's initialisation."""
+    if kind == "cosine":
+        return CosineClassifier(in_features, num_classes)
+    if kind == "linear":
+        linear = nn.Linear(in_features, num_classes, bias=False)
+        nn.init.normal_(linear.weight, std=0.001)
+        return linear
+    raise ValueError(f"unknown classifier {kind!r}; choose one of {CLASSIFIERS}")
+
+
 def embed_bn_mode(batch_norm: str) -> str:
     """The ``embed_bn`` argument, checked: one of :data:`EMBED_BN_MODES`."""
     if batch_norm not in EMBED_BN_MODES:
@@ -111,26 +136,42 @@ class EmbeddingNeck(nn.Module):
     as MGN gives each feature its own conv + BN), or ``"none"`` (the literal reading; the
     convolution then has a bias). No activation. :meth:`forward` returns the features before
     and after the BN, so a loss can choose either (the BNNeck of Luo et al. 2019).
+
+    ``embed_dim=None`` leaves the convolution out: the pooled features themselves go to the BN
+    (``out_dim = in_channels``), as in the strong baseline. ``bn_bias=False`` fixes the BN's shift
+    at 0 (not trained), as the strong baseline's BNNeck does.
     """
 
     def __init__(
-        self, in_channels: int, embed_dim: int = 256, num_features: int = 1, batch_norm: str = "shared"
+        self,
+        in_channels: int,
+        embed_dim: int | None = 256,
+        num_features: int = 1,
+        batch_norm: str = "shared",
+        bn_bias: bool = True,
     ) -> None:
         super().__init__()
         self.mode = embed_bn_mode(batch_norm)
-        self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=self.mode == "none")
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_in")
-        if self.conv.bias is not None:
-            nn.init.zeros_(self.conv.bias)
-        self.bn: nn.Module | None = None
+        self.out_dim = in_channels if embed_dim is None else embed_dim
+        self.conv: nn.Conv2d | None = None
+        if embed_dim is not None:
+            self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=1, bias=self.mode == "none")
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_in")
+            if self.conv.bias is not None:
+                nn.init.zeros_(self.conv.bias)
+        self.bn: nn.BatchNorm1d | nn.BatchNorm2d | None = None
         if self.mode == "shared":
-            self.bn = nn.BatchNorm2d(embed_dim)
+            self.bn = nn.BatchNorm2d(self.out_dim)
         elif self.mode == "per_feature":
-            self.bn = nn.BatchNorm1d(embed_dim * num_features)
+            self.bn = nn.BatchNorm1d(self.out_dim * num_features)
+        if not bn_bias:
+            if self.bn is None:
+                raise ValueError("bn_bias=False fixes the BN's shift, but batch_norm='none' has no BN")
+            self.bn.bias.requires_grad_(False)
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
-        """Pooled ``(B, C_in, F, 1)`` -> ``(pre_bn, post_bn)``, each ``(B, F, embed_dim)``."""
-        z = self.conv(pooled)  # (B, D, F, 1)
+        """Pooled ``(B, C_in, F, 1)`` -> ``(pre_bn, post_bn)``, each ``(B, F, out_dim)``."""
+        z = pooled if self.conv is None else self.conv(pooled)  # (B, D, F, 1)
         if self.bn is None:  # mode "none"
             post = z
         elif self.mode == "shared":
@@ -142,7 +183,7 @@ class EmbeddingNeck(nn.Module):
 
 
 def build_embedding(
-    in_channels: int, embed_dim: int = 256, batch_norm: str = "shared", num_features: int = 1
+    in_channels: int, embed_dim: int | None = 256, batch_norm: str = "shared", num_features: int = 1
 ) -> EmbeddingNeck:
     """:class:`EmbeddingNeck` (kept for callers of the earlier name)."""
     return EmbeddingNeck(in_channels, embed_dim, num_features, batch_norm)
@@ -162,15 +203,23 @@ class CANBranch(nn.Module):
         collaborative: fuse the ``n`` part blocks into ``n - 1`` with
             :class:`~canlib.attention.CollaborativeAttention`.
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"``.
+        pool_ops: ``"max+avg"`` (Section 3.2.2), ``"avg"`` or ``"max"`` (:data:`canlib.pooling.POOL_OPS`).
     """
 
-    def __init__(self, layer4: nn.Module, parts: int, collaborative: bool = True, pooling: str = "paper") -> None:
+    def __init__(
+        self,
+        layer4: nn.Module,
+        parts: int,
+        collaborative: bool = True,
+        pooling: str = "paper",
+        pool_ops: str = "max+avg",
+    ) -> None:
         super().__init__()
         self.parts = parts
         self.collaborative = collaborative and parts > 1
         self.layer4 = layer4
-        self.global_pool = ConcatPool(1, pooling)
-        self.part_pool = ConcatPool(parts, pooling) if parts > 1 else None
+        self.global_pool = ConcatPool(1, pooling, pool_ops)
+        self.part_pool = ConcatPool(parts, pooling, pool_ops) if parts > 1 else None
         self.attention = CollaborativeAttention() if self.collaborative else nn.Identity()
         num_local = 0 if parts == 1 else parts - int(self.collaborative)
         self.feature_suffixes = ["global"] + [f"local{k}" for k in range(num_local)]
@@ -184,7 +233,7 @@ class CANBranch(nn.Module):
         return self.layer4(x)
 
     def pool(self, fmap: Tensor) -> Tensor:
-        """Layer-4 map ``(B, C, H, W)`` -> ``(B, 2C, num_features, 1)``: G, then the part features."""
+        """Layer-4 map ``(B, C, H, W)`` -> ``(B, 2C, num_features, 1)`` (``C`` for one pool op): G, then the parts."""
         blocks = self.global_pool(fmap)
         if self.part_pool is not None:
             blocks = torch.cat([blocks, self.attention(self.part_pool(fmap))], dim=2)
@@ -204,8 +253,11 @@ class CAN(nn.Module):
         collaborative: apply collaborative attention (Table 3) or not (Table 2).
         backbone: name for :func:`canlib.backbone.build_backbone`.
         pretrained: ``None``, ``"imagenet"`` or a local state-dict path.
-        embed_dim: output size of the shared 1x1 embedding (256 in the paper).
+        embed_dim: output size of the shared 1x1 embedding (256 in the paper); ``None``: no
+            embedding layer, the pooled features themselves (the strong baseline's head).
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"`` (PyTorch's windows).
+        pool_ops: what a stripe's pooling keeps: ``"max+avg"`` concatenated (Section 3.2.2,
+            the default), ``"avg"`` or ``"max"``.
         embed_bn: what follows the embedding convolution (:data:`EMBED_BN_MODES`). The paper
             says only "1x1 convolution"; one shared BN is our documented default.
         last_stride: stride of layer 4's first block (1 in the paper).
@@ -217,6 +269,8 @@ class CAN(nn.Module):
             distance is taken over the whole ``F * embed_dim`` vector as Section 4.5
             reads; ``"per_feature"`` L2-normalises each feature first, so every
             feature weighs the same in that cosine.
+        classifier: ``"cosine"`` (Section 4.5, the default) or ``"linear"`` (:data:`CLASSIFIERS`).
+        embed_bn_bias: ``False`` fixes the shift of the BN after the embedding at 0 (BNNeck).
     """
 
     def __init__(
@@ -226,13 +280,16 @@ class CAN(nn.Module):
         collaborative: bool = True,
         backbone: str = "resnet50",
         pretrained: str | os.PathLike | None = None,
-        embed_dim: int = 256,
+        embed_dim: int | None = 256,
         pooling: str = "paper",
         embed_bn: str = "shared",
         last_stride: int = 1,
         layer3_stride: int = 2,
         backbone_kwargs: dict[str, Any] | None = None,
         descriptor_norm: str = "none",
+        pool_ops: str = "max+avg",
+        classifier: str = "cosine",
+        embed_bn_bias: bool = True,
     ) -> None:
         super().__init__()
         parts = tuple(int(n) for n in parts)
@@ -242,14 +299,16 @@ class CAN(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
         if descriptor_norm not in DESCRIPTOR_NORMS:
             raise ValueError(f"unknown descriptor_norm {descriptor_norm!r}; choose one of {DESCRIPTOR_NORMS}")
-        if num_classes < 1 or embed_dim < 1:
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {classifier!r}; choose one of {CLASSIFIERS}")
+        if num_classes < 1 or (embed_dim is not None and embed_dim < 1):
             raise ValueError(f"num_classes and embed_dim must be positive, got {num_classes}, {embed_dim}")
         self.num_classes = num_classes
         self.parts = parts
         self.collaborative = collaborative
-        self.embed_dim = embed_dim
         self.pooling = pooling
         self.descriptor_norm = descriptor_norm
+        self.classifier = classifier
 
         base = build_backbone(
             backbone,
@@ -260,15 +319,20 @@ class CAN(nn.Module):
         )
         self.stem = base.stem
         self.output_stride = base.output_stride
-        self.in_channels = 2 * base.out_channels
+        self.in_channels = pool_channels(base.out_channels, pool_ops)
         # Section 3.2.2: layer 4 is not shared; every copy starts from the same weights.
-        branches = {f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling) for n in parts}
+        branches = {
+            f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling, pool_ops) for n in parts
+        }
         self.branches = nn.ModuleDict(branches)
         self.feature_names = [f"{name}.{s}" for name, b in branches.items() for s in b.feature_suffixes]
-        self.embedding = EmbeddingNeck(self.in_channels, embed_dim, len(self.feature_names), embed_bn)
+        self.embedding = EmbeddingNeck(self.in_channels, embed_dim, len(self.feature_names), embed_bn, embed_bn_bias)
+        self.embed_dim = self.embedding.out_dim
         self.global_indices = [i for i, n in enumerate(self.feature_names) if n.endswith(".global")]
         self.local_indices = [i for i, n in enumerate(self.feature_names) if not n.endswith(".global")]
-        self.classifiers = nn.ModuleList(CosineClassifier(embed_dim, num_classes) for _ in self.feature_names)
+        self.classifiers = nn.ModuleList(
+            build_classifier(classifier, self.embed_dim, num_classes) for _ in self.feature_names
+        )
         log.debug("CAN %s (CA=%s): %d features %s", parts, collaborative, self.num_features, self.feature_names)
 
     def named_branches(self) -> Iterator[tuple[str, CANBranch]]:
@@ -330,7 +394,7 @@ class CAN(nn.Module):
         return self.forward_embedding(x)[1]
 
     def forward_head(self, features: Tensor) -> Tensor:
-        """Embedded features ``(B, F, E)`` -> cosine logits ``(B, F, num_classes)``."""
+        """Embedded features ``(B, F, E)`` -> logits ``(B, F, num_classes)`` (cosines for the cosine classifier)."""
         return torch.stack([clf(features[:, i]) for i, clf in enumerate(self.classifiers)], dim=1)
 
     def descriptor(self, features: Tensor) -> Tensor:

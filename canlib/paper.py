@@ -162,6 +162,17 @@ TABLE6: dict[str, tuple[float | None, float | None, float | None, float | None]]
 }
 
 
+# --------------------------------------------------------------------------- another paper's numbers
+
+#: Not this paper's: the strong baseline of Luo et al. (2019), "Bag of Tricks and a Strong Baseline
+#: for Deep Person Re-identification" (CVPR workshops; this paper's reference [12]), ResNet50 with all
+#: its tricks and the center loss on Market-1501, without re-ranking: its abstract ("94.5% rank-1
+#: and 85.9% mAP on Market1501 with only using global features") and the README of its code
+#: (michuanhaohao/reid-strong-baseline: "+Center loss | 94.5 (85.9)"). The sanity baseline before
+#: the grid (``configs/bot-market1501.yaml``, :mod:`canlib.lab.sanity`) is compared with it.
+BOT_MARKET1501: dict[str, float] = {"mAP": 85.9, "rank1": 94.5}
+
+
 # --------------------------------------------------------------------------- its contradictions
 
 

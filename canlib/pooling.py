@@ -17,7 +17,8 @@ both rules, and the paper's is the default.
 
 The max- and average-pooled maps are concatenated along the channels, **max
 first, then average** (the order of Figure 3's "Adaptive Concatenation Pooling"),
-so a 2048-channel map becomes 4096 channels (Table 1).
+so a 2048-channel map becomes 4096 channels (Table 1). ``ops`` keeps one of the two instead
+(``"avg"``: the global average pooling of the strong baseline, Luo et al. 2019).
 """
 
 from __future__ import annotations
@@ -30,14 +31,26 @@ from torch import Tensor, nn
 
 __all__ = [
     "POOLING_MODES",
+    "POOL_OPS",
     "ConcatPool",
     "adaptive_windows",
     "paper_pool_params",
     "paper_windows",
+    "pool_channels",
 ]
 
 #: The pooling rules :class:`ConcatPool` understands.
 POOLING_MODES = ("paper", "adaptive")
+
+#: What :class:`ConcatPool` keeps of a window: max and average concatenated (the paper), or one of them.
+POOL_OPS = ("max+avg", "avg", "max")
+
+
+def pool_channels(channels: int, ops: str = "max+avg") -> int:
+    """The channels :class:`ConcatPool` with ``ops`` makes of a ``channels``-channel map."""
+    if ops not in POOL_OPS:
+        raise ValueError(f"unknown pool ops {ops!r}; choose one of {POOL_OPS}")
+    return 2 * channels if ops == "max+avg" else channels
 
 
 def _check_sizes(in_size: int, out_size: int) -> None:
@@ -94,41 +107,51 @@ class ConcatPool(nn.Module):
     Maps ``(B, C, H, W)`` to ``(B, 2C, out_size, 1)``: the rows are cut into
     ``out_size`` horizontal stripes and the whole width is pooled. Channels
     ``[0, C)`` hold the max-pooled stripes, channels ``[C, 2C)`` the average.
+    With ``ops="avg"`` or ``"max"`` only that half is computed: ``(B, C, out_size, 1)``.
 
     Args:
         out_size: number of horizontal stripes (``OS``); 1 gives the global block G.
         mode: ``"paper"`` (default) uses equation (1) along the height with the
             kernel spanning the full width; ``"adaptive"`` uses PyTorch's adaptive
             pooling to ``(out_size, 1)``.
+        ops: ``"max+avg"`` (default, the paper's), ``"avg"`` or ``"max"`` (:data:`POOL_OPS`).
 
     The windows are computed from the actual input height at every call, so any
     input resolution works as long as ``H >= out_size``.
     """
 
-    def __init__(self, out_size: int, mode: str = "paper") -> None:
+    def __init__(self, out_size: int, mode: str = "paper", ops: str = "max+avg") -> None:
         super().__init__()
         if int(out_size) != out_size or out_size < 1:
             raise ValueError(f"out_size must be a positive integer, got {out_size!r}")
         if mode not in POOLING_MODES:
             raise ValueError(f"unknown pooling mode {mode!r}; choose one of {POOLING_MODES}")
+        pool_channels(1, ops)  # checks ops
         self.out_size = int(out_size)
         self.mode = mode
+        self.ops = ops
 
     def forward(self, x: Tensor) -> Tensor:
-        """Pool ``x`` of shape ``(B, C, H, W)`` to ``(B, 2C, out_size, 1)``."""
+        """Pool ``x`` of shape ``(B, C, H, W)`` to ``(B, 2C, out_size, 1)`` (``(B, C, ...)`` for one op)."""
         if x.dim() != 4:
             raise ValueError(f"ConcatPool expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
         height, width = x.shape[-2:]
+        pools: list[Tensor] = []
         if self.mode == "paper":
             kernel, stride, padding = paper_pool_params(height, self.out_size)
             size, step = (kernel, width), (stride, width)
-            x_max = F.max_pool2d(x, size, step, padding)
-            x_avg = F.avg_pool2d(x, size, step, padding)
+            if self.ops != "avg":
+                pools.append(F.max_pool2d(x, size, step, padding))
+            if self.ops != "max":
+                pools.append(F.avg_pool2d(x, size, step, padding))
         else:
             _check_sizes(height, self.out_size)
-            x_max = F.adaptive_max_pool2d(x, (self.out_size, 1))
-            x_avg = F.adaptive_avg_pool2d(x, (self.out_size, 1))
-        return torch.cat([x_max, x_avg], dim=1)
+            if self.ops != "avg":
+                pools.append(F.adaptive_max_pool2d(x, (self.out_size, 1)))
+            if self.ops != "max":
+                pools.append(F.adaptive_avg_pool2d(x, (self.out_size, 1)))
+        return torch.cat(pools, dim=1) if len(pools) > 1 else pools[0]
 
     def extra_repr(self) -> str:
-        return f"out_size={self.out_size}, mode={self.mode!r}"
+        ops = f", ops={self.ops!r}" if self.ops != "max+avg" else ""
+        return f"out_size={self.out_size}, mode={self.mode!r}{ops}"

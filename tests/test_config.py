@@ -32,8 +32,8 @@ from canlib.engine.evaluate import evaluate_model
 from canlib.engine.trainer import AMP_MODES, CHANNELS_LAST_MODES
 from canlib.losses import CLUSTERING_FEATURES, CLUSTERING_INPUTS, FEATURE_REDUCTIONS, CANLoss
 from canlib.metrics import AP_VARIANTS, METRICS
-from canlib.model import CAN, DESCRIPTOR_NORMS, EMBED_BN_MODES
-from canlib.pooling import POOLING_MODES
+from canlib.model import CAN, CLASSIFIERS, DESCRIPTOR_NORMS, EMBED_BN_MODES
+from canlib.pooling import POOL_OPS, POOLING_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -270,6 +270,8 @@ def _allowed(kind, name) -> tuple:
         (ModelSection, "pooling", "max", POOLING_MODES),
         (ModelSection, "embed_bn", "batch", EMBED_BN_MODES),
         (ModelSection, "descriptor_norm", "l2", DESCRIPTOR_NORMS),
+        (ModelSection, "pool_ops", "sum", POOL_OPS),
+        (ModelSection, "classifier", "arcface", CLASSIFIERS),
         (LossSection, "clustering_input", "logits", CLUSTERING_INPUTS),
         (LossSection, "clustering_features", "local", CLUSTERING_FEATURES),
         (LossSection, "feature_reduction", "max", FEATURE_REDUCTIONS),

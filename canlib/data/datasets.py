@@ -303,6 +303,12 @@ _ALIASES = {
 }
 
 
+def official_statistics(name: str) -> dict[str, int]:
+    """The official counts of data set ``name`` (an alias too) that its reader checks; empty if it has none."""
+    reader = DATASETS.get(_ALIASES.get(name.lower(), name.lower()))
+    return dict(getattr(reader, "official", {}) or {})
+
+
 def dataset_names() -> tuple[str, ...]:
     """Every name :func:`load_dataset` accepts (case aside): the readers', then their aliases."""
     return (*sorted(DATASETS), *sorted(_ALIASES))

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from canlib.config import ConfigError, DataSection, LossSection, ModelSection, OptimSection, RunSections
@@ -101,11 +102,22 @@ def build_model(model: ModelSection, num_classes: int) -> CAN:
         layer3_stride=model.layer3_stride,
         descriptor_norm=model.descriptor_norm,
         backbone_kwargs=dict(model.backbone_kwargs),
+        pool_ops=model.pool_ops,
+        classifier=model.classifier,
+        embed_bn_bias=model.embed_bn_bias,
     )
 
 
 def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
-    """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features."""
+    """The combined loss of equation (5) with the ``loss`` section's weights, for ``model``'s features.
+
+    A linear classifier's scores are logits already: ``loss.ce_scale`` (made for cosines) must then be 1.
+    """
+    if model.classifier == "linear" and loss.ce_scale != 1.0:
+        raise ConfigError(
+            f"configuration: loss.ce_scale multiplies cosine logits; with model.classifier=linear it must be 1.0, "
+            f"got {loss.ce_scale}"
+        )
     return CANLoss(
         num_classes=num_classes,
         feat_dim=model.embed_dim,
@@ -126,11 +138,25 @@ def build_loss(loss: LossSection, model: CAN, num_classes: int) -> CANLoss:
     )
 
 
+def build_scheduler(optim: OptimSection, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """The step schedule of Section 4.5, stepped once per epoch; with ``optim.warmup_epochs`` W > 1,
+    times a linear warm-up (torch's ``LinearLR`` chained with ``MultiStepLR``): epoch ``e <= W`` trains
+    at ``lr * (f + (1 - f) * (e - 1) / (W - 1))``, ``f = optim.warmup_factor``, so epoch 1 at ``f * lr``
+    and epoch W at ``lr`` (the strong baseline's ``lr(t) = 3.5e-4 * t / 10`` for ``t <= 10``)."""
+    steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+    if optim.warmup_epochs <= 1:
+        return steps
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=optim.warmup_factor, end_factor=1.0, total_iters=optim.warmup_epochs - 1
+    )
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, steps], optimizer=optimizer)
+
+
 def build_optimizers(
     optim: OptimSection, model: nn.Module, loss: CANLoss
-) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, torch.optim.lr_scheduler.LRScheduler]:
+) -> tuple[torch.optim.Adam, torch.optim.Optimizer | None, LRScheduler]:
     """Adam for the network, SGD for the centres (None when the loss has none), and the step
-    schedule of Section 4.5."""
+    schedule of Section 4.5 (:func:`build_scheduler`)."""
     optimizer = torch.optim.Adam(
         _parameter_groups(model, optim.lr, optim.head_lr_mult),
         lr=optim.lr,
@@ -138,9 +164,8 @@ def build_optimizers(
         eps=optim.eps,
         weight_decay=optim.weight_decay,
     )
-    scheduler = step_schedule(optimizer, optim.milestones, optim.gamma, optim.warmup_epochs)
     centers = center_optimizer(loss, lr=optim.center_lr) if loss.center is not None else None
-    return optimizer, centers, scheduler
+    return optimizer, centers, build_scheduler(optim, optimizer)
 
 
 def _parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
@@ -151,23 +176,6 @@ def _parameter_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[
     head = {id(p) for p in model.head_parameters()}
     trunk = [p for p in model.parameters() if id(p) not in head]
     return [{"params": trunk, "lr": lr}, {"params": list(model.head_parameters()), "lr": lr * head_lr_mult}]
-
-
-def step_schedule(
-    optimizer: torch.optim.Optimizer, milestones: Sequence[int], gamma: float, warmup_epochs: int = 0
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Section 4.5's steps (x ``gamma`` after each milestone epoch); with ``warmup_epochs``, a
-    linear warm-up from 1 / (warmup_epochs + 1) of each group's rate first (per epoch, as the strong
-    baseline warms up)."""
-    if warmup_epochs == 0:
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma)
-    steps = sorted(milestones)
-
-    def factor(epoch: int) -> float:
-        warm = min(1.0, (epoch + 1) / (warmup_epochs + 1))
-        return warm * gamma ** sum(epoch >= m for m in steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _file_train_loader(d: DataSection, dataset: ReIDDataset, seed: int, rank: int, world_size: int) -> DataLoader:

@@ -31,7 +31,7 @@ import filelock
 import torch
 import yaml
 
-from canlib.config import dump_config
+from canlib.config import LATER_KEYS, config_value, dump_config
 from canlib.engine.checkpoint import CHECKPOINT, checkpoint_path
 from canlib.engine.errors import RunFolderError, error_line
 from canlib.engine.record import run_record
@@ -186,6 +186,11 @@ def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
     return True
 
 
+def _added_later(saved: Mapping[str, Any], config: Mapping[str, Any], dotted: str) -> bool:
+    """A key the schema gained after ``saved`` was written, at the value that trains as before (config.LATER_KEYS)."""
+    return dotted in LATER_KEYS and not _has(saved, dotted) and config_value(config, dotted) == LATER_KEYS[dotted]
+
+
 class RunFolder:
     """The files of one run in ``path``; rank 0 alone writes them (the caller's business)."""
 
@@ -208,7 +213,9 @@ class RunFolder:
     def check_resumable(self, config: Mapping[str, Any], statistics: Mapping[str, Any], data_root: Any) -> None:
         """The run in the folder has ``config`` (up to :data:`RESUMABLE_CHANGES`) and data of these ``statistics``."""
         saved = self._read("config.yaml") or {}
-        changed = [k for k in changed_keys(saved, config) if k not in RESUMABLE_CHANGES]
+        changed = [
+            k for k in changed_keys(saved, config) if k not in RESUMABLE_CHANGES and not _added_later(saved, config, k)
+        ]
         lacking = [k for k in changed if not _has(saved, k)]
         if lacking:
             raise RunFolderError(

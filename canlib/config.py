@@ -145,7 +145,10 @@ class ModelSection:
     backbone: Str = _doc("resnet50", "Section 3.2.1 (a name for canlib.backbone.build_backbone).")
     backbone_kwargs: dict[str, Any] = _doc(dict, "Extra arguments of the backbone's constructor.")
     pretrained: Str | None = _doc(
-        "imagenet", "Silent; standard for every compared method. A path: from the current folder, else the repository."
+        "imagenet",
+        "Silent; standard for every compared method. imagenet-v1 / imagenet-v2: torchvision's IMAGENET1K_V1 / "
+        "IMAGENET1K_V2; imagenet = imagenet-v1, the weights of the paper's time (timm: its default tag). "
+        "A path: from the current folder, else the repository.",
     )
     parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")

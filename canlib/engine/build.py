@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from canlib.backbone import is_weights_name
 from canlib.config import ConfigError, DataSection, LossSection, ModelSection, OptimSection, RunSections
 from canlib.data import PKSampler, build_test_loaders, build_train_loader, load_dataset
 from canlib.data.base import ReIDDataset
@@ -65,10 +66,11 @@ def build_dataset(data: DataSection) -> ReIDDataset:
 
 
 def resolve_pretrained(value: str | None) -> str | None:
-    """``model.pretrained`` as a path to read: ``None`` and ``"imagenet"`` pass through; a relative
-    path is taken from the current folder when it exists there, else from the repository root
+    """``model.pretrained`` as a path to read: ``None`` and the names of ImageNet weights
+    (:func:`canlib.backbone.is_weights_name`: ``imagenet``, ``imagenet-v1``, ``imagenet-v2``) pass through;
+    a relative path is taken from the current folder when it exists there, else from the repository root
     (so profiles can name committed weights, ``results/pretrained/...``, from any folder)."""
-    if value in (None, "imagenet") or Path(str(value)).is_absolute() or Path(str(value)).exists():
+    if value is None or is_weights_name(value) or Path(value).is_absolute() or Path(value).exists():
         return value
     candidate = REPO_ROOT / str(value)
     return str(candidate) if candidate.exists() else value

@@ -211,7 +211,7 @@ def imagenet_weights(name: str, weights: str) -> Any:
             torchvision does not have for this depth (ResNet18 and 34 have V1 only).
     """
     if name not in TORCHVISION_RESNETS:
-        raise ValueError(f"no torchvision ImageNet weights for {name!r}; torchvision ResNets: {sorted(TORCHVISION_RESNETS)}")
+        raise ValueError(f"no torchvision ImageNet weights for {name!r}; its ResNets: {sorted(TORCHVISION_RESNETS)}")
     _check_weights_name(weights)
     enum = TORCHVISION_RESNETS[name][1]
     member = IMAGENET_WEIGHTS[weights]

@@ -56,7 +56,7 @@ def test_v2_is_refused_where_torchvision_has_only_v1() -> None:
 
 
 def test_torchvision_names_are_refused_for_a_timm_trunk() -> None:
-    with pytest.raises(ValueError, match="names torchvision's weights.*'imagenet' .timm's default tag."):
+    with pytest.raises(ValueError, match=r"names torchvision's weights.*'imagenet' \(timm's default tag\)"):
         build_backbone("timm:resnet18", pretrained="imagenet-v1")
 
 
@@ -96,3 +96,79 @@ def test_the_paper_profiles_use_v1(dataset: str) -> None:
     pretrained = load_config(profile)["model"]["pretrained"]
     assert imagenet_weights("resnet50", pretrained) is tvm.ResNet50_Weights.IMAGENET1K_V1
     assert "IMAGENET1K_V1" in profile.read_text()  # and say so
+
+
+# ------------------------------------------------------------------------------ item 6: CUHK03-NP from the .mat
+def _write_cuhk03_mat(path: Path, variant: str, ids: int = 3) -> None:
+    """A tiny cuhk-03.mat as MATLAB v7.3 stores it (HDF5): one camera pair of ``ids`` x 10 cells, each
+    image (3, W, H) and filled with 10 * id + cell; cells 2-4 and 7-9 empty (MATLAB's empty cell)."""
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        cells = np.empty((10, ids), dtype=h5py.ref_dtype)  # MATLAB's (ids, 10), transposed by HDF5
+        for pid in range(ids):
+            for image in range(10):
+                filled = image in (0, 1, 5, 6)
+                data = np.full((3, 6, 12), 10 * pid + image, np.uint8) if filled else np.zeros(2, np.uint64)
+                cells[image, pid] = f.create_dataset(f"img/{pid}/{image}", data=data).ref
+        pairs = np.empty((1, 1), dtype=h5py.ref_dtype)
+        pairs[0, 0] = f.create_dataset("pairs/0", data=cells).ref
+        f.create_dataset(variant, data=pairs)
+
+
+def _write_split_file(path: Path, ids: int = 3) -> list[str]:
+    """The new protocol's split of the tiny set: id 1 trains (4 images), ids 2-3 are tested, one
+    query each (its first camera's first image) and the other three images in the gallery."""
+    import numpy as np
+    from scipy.io import savemat
+
+    names = [f"1_{pid + 1:03d}_{1 if i < 5 else 2}_{i + 1:02d}.png" for pid in range(ids) for i in (0, 1, 5, 6)]
+    filelist = np.empty((len(names), 1), dtype=object)
+    filelist[:, 0] = names
+    split = {
+        "filelist": filelist,
+        "labels": np.repeat(np.arange(1, ids + 1), 4)[:, None],
+        "train_idx": np.arange(1, 5)[:, None],
+        "query_idx": np.array([[5], [9]]),
+        "gallery_idx": np.array([[6], [7], [8], [10], [11], [12]]),
+    }
+    savemat(path, split)
+    return names
+
+
+def test_convert_cuhk03_command_writes_what_the_reader_loads(tmp_path: Path) -> None:
+    pytest.importorskip("scipy")
+    from canlib.cli import main
+    from canlib.data import load_dataset
+    from canlib.data.base import StatisticsMismatchWarning
+
+    _write_cuhk03_mat(tmp_path / "cuhk-03.mat", "labeled")
+    _write_split_file(tmp_path / "cuhk03_new_protocol_config_labeled.mat")
+    argv = ["convert-cuhk03", "--mat", str(tmp_path / "cuhk-03.mat"), "--out", str(tmp_path / "reid")]
+    with pytest.warns(StatisticsMismatchWarning):  # the reader's read-back: 3 ids, not 767 + 700
+        assert main([*argv, "--splits", str(tmp_path / "cuhk03_new_protocol_config_labeled.mat")]) == 0
+    folder = tmp_path / "reid" / "cuhk03-np" / "labeled"
+    assert sorted(p.name for p in folder.iterdir()) == ["bounding_box_test", "bounding_box_train", "query"]
+    assert sorted(p.name for p in (folder / "query").iterdir()) == ["0002_c1_1_002_1_01.png", "0003_c1_1_003_1_01.png"]
+    assert not (tmp_path / "reid" / "cuhk03-np" / "detected").exists()  # only the variants given
+    with pytest.warns(StatisticsMismatchWarning):
+        ds = load_dataset("cuhk03", tmp_path / "reid", variant="labeled")
+    assert (ds.num_train_pids, len(ds.train), len(ds.query), len(ds.gallery)) == (1, 4, 2, 6)
+    assert {(pid, cam) for _, pid, cam in ds.gallery} == {(2, 0), (2, 1), (3, 0), (3, 1)}
+    from PIL import Image
+
+    image = Image.open(folder / "query" / "0003_c1_1_003_1_01.png")
+    assert image.size == (6, 12) and image.getpixel((0, 0)) == (20, 20, 20)  # id 3 (index 2), cell 0
+
+
+def test_convert_cuhk03_refuses_a_split_file_of_no_variant(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("scipy")
+    from canlib.cli import main
+
+    _write_cuhk03_mat(tmp_path / "cuhk-03.mat", "labeled")
+    _write_split_file(tmp_path / "split.mat")
+    argv = ["convert-cuhk03", "--mat", str(tmp_path / "cuhk-03.mat"), "--splits", str(tmp_path / "split.mat")]
+    assert main([*argv, "--out", str(tmp_path / "reid")]) == 2
+    assert "cannot tell the variant of the split file" in caplog.text and "labeled" in caplog.text
+    assert not (tmp_path / "reid").exists()

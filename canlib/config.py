@@ -210,6 +210,9 @@ class TrainSection:
     eval_every: Count = _doc(0, "Evaluate every N epochs (0: only at the end).")
     checkpoint_every: Positive = _doc(1, "Epochs between checkpoints (the last is always kept).")
     progress: Bool = _doc(True, "tqdm progress bars.")
+    tensorboard: Bool = _doc(
+        True, "TensorBoard event files in <run>/tensorboard/ (logging only: not hashed, may change on resume)."
+    )
     max_batches_per_epoch: Cap = _doc(None, "Cap for smoke tests: its integer part caps an epoch's batches.")
     compile: Bool = _doc(False, "Speed only: torch.compile the training model (off: eager).")
     sync_bn: Bool = _doc(False, "torchrun only: BatchNorm over the global batch (nn.SyncBatchNorm; gloo on CPU).")
@@ -427,7 +430,8 @@ LATER_KEYS: dict[str, Any] = {}
 
 
 def config_hash(
-    cfg: Mapping[str, Any], exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images")
+    cfg: Mapping[str, Any],
+    exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images", "train.tensorboard"),
 ) -> str:
     """A short, stable hash of a resolved configuration (ignoring keys that do not change the result,
     and the :data:`LATER_KEYS` at their neutral value)."""

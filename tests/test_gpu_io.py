@@ -172,3 +172,94 @@ def test_convert_cuhk03_refuses_a_split_file_of_no_variant(tmp_path: Path, caplo
     assert main([*argv, "--out", str(tmp_path / "reid")]) == 2
     assert "cannot tell the variant of the split file" in caplog.text and "labeled" in caplog.text
     assert not (tmp_path / "reid").exists()
+
+
+# ------------------------------------------------------------------------------ item 7: TensorBoard event files
+SMOKE = REPO / "configs" / "smoke.yaml"
+LOSS_TAGS = {"loss/ce", "loss/triplet", "loss/center", "loss/total"}
+EVAL_TAGS = {"eval/mAP", "eval/rank1", "eval/rank5", "eval/rank10", "eval/mINP"}
+
+
+def _smoke(root: Path, *overrides: str) -> dict:
+    """configs/smoke.yaml on the tiny set, one batch an epoch (its two epochs: two steps of events)."""
+    return load_config(
+        SMOKE, [f"data.root={root}", "data.verify_images=false", "train.max_batches_per_epoch=1", *overrides]
+    )
+
+
+def _events(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run's event files, read back as TensorBoard reads them (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tensorboard"))
+    board.Reload()
+    return {tag: [(e.step, e.value) for e in board.Scalars(tag)] for tag in board.Tags()["scalars"]}
+
+
+def test_scalars_of_a_log_line_and_of_the_metrics() -> None:
+    from canlib.engine.tensorboard_log import eval_scalars, line_scalars
+
+    line = {"epoch": 3, "lr": 1e-3, "loss_ce": 2.0, "loss_total": 2.5, "images": 64, "seconds": 2.0}
+    line |= {"images_per_s": 32.0, "eval": {"mAP": 0.5, "rank1": 0.6}}
+    assert line_scalars(line) == {
+        "loss/ce": 2.0,
+        "loss/total": 2.5,
+        "train/lr": 1e-3,
+        "train/images_per_s": 32.0,
+        "eval/mAP": 0.5,
+        "eval/rank1": 0.6,
+    }
+    metrics = {"epoch": 8, "mAP": 0.4, "mINP": 0.2, "cmc": [0.5, 0.7], "ap": "step", "flip_tta": False}
+    assert eval_scalars(metrics) == {"eval/mAP": 0.4, "eval/mINP": 0.2}
+
+
+def test_a_smoke_run_writes_event_files_and_the_key_turns_them_off(tiny_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from canlib.engine.trainer import train
+
+    run = tmp_path / "run"
+    metrics = train(_smoke(tiny_data, "train.eval_every=1"), run, device="cpu")
+    events = _events(run)
+    assert LOSS_TAGS | EVAL_TAGS | {"train/lr", "train/images_per_s"} <= set(events)
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    for tag in LOSS_TAGS:  # one point per epoch, the log's value (stored as float32)
+        assert [s for s, _ in events[tag]] == [1, 2]
+        assert [v for _, v in events[tag]] == pytest.approx([x[f"loss_{tag[5:]}"] for x in lines], rel=1e-6)
+    assert events["eval/mAP"] == [(1, pytest.approx(lines[0]["eval"]["mAP"])), (2, pytest.approx(metrics["mAP"]))]
+
+    # the key off, over the same folder: --overwrite clears the old events (RUN_ENTRIES) and none are written
+    train(_smoke(tiny_data, "train.tensorboard=false", "optim.epochs=1"), run, device="cpu", overwrite=True)
+    assert (run / "metrics.json").is_file() and not (run / "tensorboard").exists()
+
+
+def test_the_key_does_not_change_the_hash_and_may_change_on_resume() -> None:
+    from canlib.config import config_hash
+    from canlib.engine.run_folder import RESUMABLE_CHANGES
+
+    on, off = load_config(SMOKE), load_config(SMOKE, ["train.tensorboard=false"])
+    assert on["train"]["tensorboard"] is True and config_hash(on) == config_hash(off)
+    assert "train.tensorboard" in RESUMABLE_CHANGES
+
+
+def test_a_resume_purges_the_steps_past_its_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    """A session that logged epoch 2 but died before its checkpoint: the resume logs epoch 2 again, and
+    TensorBoard shows it once, as log.jsonl does (without purge_step it would hold steps 1, 2, 2)."""
+    import json
+    import shutil
+
+    from canlib.engine.trainer import CHECKPOINT, train
+
+    run, saved = tmp_path / "run", tmp_path / "epoch1.pt"
+    train(_smoke(tiny_data, "optim.epochs=1"), run, device="cpu")
+    shutil.copy(run / CHECKPOINT, saved)
+    train(_smoke(tiny_data), run, device="cpu", resume=True)
+    shutil.copy(saved, run / CHECKPOINT)  # the epoch-2 checkpoint "never came"
+    train(_smoke(tiny_data), run, device="cpu", resume=True)
+    events = _events(run)
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for tag in LOSS_TAGS:
+        assert [s for s, _ in events[tag]] == [1, 2], tag
+        assert [v for _, v in events[tag]] == pytest.approx([x[f"loss_{tag[5:]}"] for x in lines], rel=1e-6)
+    assert [s for s, _ in events["eval/mAP"]] == [1, 2]  # the first session's final evaluation, then the last

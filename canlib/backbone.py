@@ -9,10 +9,19 @@ torchvision (``"resnet50"``) or timm (``"timm:resnet50"``) and splits it into
   "layers 0-3"), shared by every branch of CAN;
 * ``layer4``: copied once per branch by :class:`canlib.model.CAN`.
 
-Weights: ``pretrained=None`` is random initialisation, ``"imagenet"`` asks the
-library's weight registry (it works offline only when the file is already in
-the local cache and fails fast otherwise), and a path loads a local
-torchvision-format ResNet state dict.
+Weights: ``pretrained=None`` is random initialisation; a name of :data:`IMAGENET_WEIGHTS` asks the
+library's weight registry (it works offline only when the file is already in the local cache and
+fails fast otherwise); and a path loads a local torchvision-format ResNet state dict.
+
+For torchvision's ResNets the names are ``"imagenet-v1"`` (``IMAGENET1K_V1``, the original weights,
+76.1 % top-1 in torchvision's metadata, which the re-ID work of 2019-21, the paper's included,
+started from) and ``"imagenet-v2"`` (``IMAGENET1K_V2``, torchvision 0.13's 2022 recipe, 80.9 %;
+ResNet50, 101 and 152 only). ``"imagenet"`` is an alias of ``"imagenet-v1"``: the bare word
+means what the papers meant by "ImageNet-pretrained", so the schema's default (the paper's
+recipe) is the paper's trunk. Until this alias was pinned, ``"imagenet"`` loaded torchvision's
+``DEFAULT``, which is V2 for ResNet50; no committed record used it (they train the synthetic proxy
+from a local file or from scratch), so no record trains differently. For a timm backbone
+``"imagenet"`` is timm's default tag, and the V1/V2 names are refused.
 """
 
 from __future__ import annotations
@@ -34,7 +43,15 @@ from torch import Tensor, nn
 
 from canlib.files import load_tensors
 
-__all__ = ["TORCHVISION_RESNETS", "Backbone", "build_backbone", "load_resnet_state_dict"]
+__all__ = [
+    "IMAGENET_WEIGHTS",
+    "TORCHVISION_RESNETS",
+    "Backbone",
+    "build_backbone",
+    "imagenet_weights",
+    "is_weights_name",
+    "load_resnet_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +62,13 @@ TORCHVISION_RESNETS: dict[str, tuple[Callable[..., nn.Module], Any]] = {
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights),
     "resnet101": (tvm.resnet101, tvm.ResNet101_Weights),
     "resnet152": (tvm.resnet152, tvm.ResNet152_Weights),
+}
+#: The names ``pretrained`` gives torchvision's ImageNet weights, and the weights enum member each means
+#: (``"imagenet"``: an alias of V1, the weights of the paper's time; see the module's docstring).
+IMAGENET_WEIGHTS: dict[str, str] = {
+    "imagenet": "IMAGENET1K_V1",
+    "imagenet-v1": "IMAGENET1K_V1",
+    "imagenet-v2": "IMAGENET1K_V2",
 }
 _TIMM_PREFIX = "timm:"
 _CONNECT_TIMEOUT_S = 5.0
@@ -162,9 +186,43 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _torchvision_imagenet(net: nn.Module, name: str, weights_enum: Any) -> None:
-    """Load ``weights_enum.DEFAULT`` from the hub cache, or download it once."""
-    weights = weights_enum.DEFAULT
+def is_weights_name(value: str | os.PathLike | None) -> bool:
+    """Whether a ``pretrained`` value names ImageNet weights rather than a file: ``"imagenet"`` or
+    ``"imagenet-<something>"``, without a folder or a suffix (``imagenet-v1.pth`` is a file)."""
+    if not isinstance(value, str):
+        return False
+    return (value == "imagenet" or value.startswith("imagenet-")) and "/" not in value and "." not in value
+
+
+def _check_weights_name(weights: str) -> None:
+    if weights not in IMAGENET_WEIGHTS:
+        raise ValueError(
+            f"unknown ImageNet weights {weights!r}: use one of {', '.join(IMAGENET_WEIGHTS)} "
+            "(imagenet = imagenet-v1), or the path of a local torchvision-format state dict"
+        )
+
+
+def imagenet_weights(name: str, weights: str) -> Any:
+    """The torchvision weights enum member that ``weights`` (a name of :data:`IMAGENET_WEIGHTS`) means
+    for backbone ``name``, e.g. ``("resnet50", "imagenet-v1") -> ResNet50_Weights.IMAGENET1K_V1``.
+
+    Raises:
+        ValueError: an unknown backbone or weights name (the accepted ones listed), or weights that
+            torchvision does not have for this depth (ResNet18 and 34 have V1 only).
+    """
+    if name not in TORCHVISION_RESNETS:
+        raise ValueError(f"no torchvision ImageNet weights for {name!r}; its ResNets: {sorted(TORCHVISION_RESNETS)}")
+    _check_weights_name(weights)
+    enum = TORCHVISION_RESNETS[name][1]
+    member = IMAGENET_WEIGHTS[weights]
+    if member not in enum.__members__:
+        offered = [w for w, m in IMAGENET_WEIGHTS.items() if m in enum.__members__]
+        raise ValueError(f"torchvision has no {member} weights for {name} ({weights!r}); it has: {', '.join(offered)}")
+    return enum[member]
+
+
+def _torchvision_imagenet(net: nn.Module, name: str, weights: Any) -> None:
+    """Load the torchvision ``weights`` (an enum member) from the hub cache, or download them once."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     if cached.is_file():
         state = torch.load(cached, map_location="cpu", weights_only=True)
@@ -280,10 +338,11 @@ def build_backbone(
         name: torchvision ``"resnet18" | "resnet34" | "resnet50" | "resnet101" |
             "resnet152"``, or a timm ResNet as ``"timm:<name>"`` (e.g. ``"timm:resnet50"``,
             ``"timm:resnet50d"``).
-        pretrained: ``None`` for random initialisation; ``"imagenet"`` for the
-            library's ImageNet weights (torchvision ``*_Weights.DEFAULT`` / timm's
-            default tag), taken from the local cache or downloaded once; or the path
-            of a local torchvision-format state dict (``fc.*`` ignored).
+        pretrained: ``None`` for random initialisation; ``"imagenet-v1"`` or ``"imagenet-v2"``
+            for torchvision's ``IMAGENET1K_V1`` / ``IMAGENET1K_V2`` weights, ``"imagenet"`` for V1
+            (the weights of the paper's time; timm's default tag for a timm backbone), taken from
+            the local cache or downloaded once; or the path of a local torchvision-format state
+            dict (``fc.*`` ignored).
         last_stride: 1 (the paper) or 2 (the original ResNet).
         layer3_stride: 2 (the paper and the original ResNet) or 1, which halves the output
             stride again (8 with ``last_stride=1``): a small input then gives the layer-4 map
@@ -296,9 +355,9 @@ def build_backbone(
         ``last_stride=1``.
 
     Raises:
-        ValueError: unknown name or stride, or a state dict that does not match.
+        ValueError: unknown name, weights name or stride, or a state dict that does not match.
         FileNotFoundError: ``pretrained`` names a missing file.
-        RuntimeError: ``"imagenet"`` weights neither cached nor downloadable.
+        RuntimeError: ImageNet weights neither cached nor downloadable.
     """
     if last_stride not in (1, 2) or layer3_stride not in (1, 2):
         raise ValueError(f"last_stride and layer3_stride must be 1 or 2, got {last_stride!r}, {layer3_stride!r}")
@@ -308,18 +367,24 @@ def build_backbone(
         model_name = name[len(_TIMM_PREFIX) :]
         if not timm.is_model(model_name):
             raise ValueError(f"timm has no model called {model_name!r}")
+        if is_weights_name(pretrained) and pretrained != "imagenet":
+            _check_weights_name(str(pretrained))
+            raise ValueError(
+                f"{pretrained!r} names torchvision's weights: for {name!r} use 'imagenet' (timm's default tag), "
+                f"or a torchvision backbone ({', '.join(TORCHVISION_RESNETS)}) with {pretrained!r}"
+            )
         if pretrained == "imagenet":
             net = _timm_imagenet(model_name, kwargs)
         else:
             net = timm.create_model(model_name, pretrained=False, **kwargs)
     elif name in TORCHVISION_RESNETS:
-        builder, weights_enum = TORCHVISION_RESNETS[name]
-        net = builder(weights=None, **kwargs)
-        if pretrained == "imagenet":
-            _torchvision_imagenet(net, name, weights_enum)
+        weights = imagenet_weights(name, str(pretrained)) if is_weights_name(pretrained) else None  # checked first
+        net = TORCHVISION_RESNETS[name][0](weights=None, **kwargs)
+        if weights is not None:
+            _torchvision_imagenet(net, name, weights)
     else:
         raise ValueError(f"unknown backbone {name!r}; use one of {sorted(TORCHVISION_RESNETS)} or 'timm:<model name>'")
-    if pretrained is not None and pretrained != "imagenet":  # a path
+    if pretrained is not None and not is_weights_name(pretrained):  # a path
         load_resnet_state_dict(net, pretrained)
     backbone = _split(net, name, last_stride, layer3_stride)
     log.debug("built backbone %s: %d channels, output stride %d", name, backbone.out_channels, backbone.output_stride)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from canlib.config import ConfigError, load_config
+from canlib.data.cuhk03 import SPLIT_FILE, convert_cuhk03_np
 from canlib.data.datasets import DATASETS, dataset_names
 from canlib.data.synthetic import SYNTHETIC_DESCRIPTION, SYNTHETIC_HELP, SyntheticConfig, make_synthetic, sample_grid
 from canlib.engine.checkpoint import CHECKPOINT
@@ -322,6 +323,35 @@ def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_make_synthetic)
 
 
+@_reports_user_errors
+def _convert_cuhk03(args: argparse.Namespace) -> int:
+    counts = convert_cuhk03_np(args.mat, args.splits, args.out)
+    print(json.dumps(counts, indent=2))
+    log.info("CUHK03-NP written under %s: train with --dataset cuhk03np --data-root %s", args.out, args.out)
+    return 0
+
+
+def _add_convert_cuhk03(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert-cuhk03",
+        help="write CUHK03-NP (the new protocol's folders) from the original cuhk-03.mat",
+        description="Convert the original CUHK03 release (cuhk-03.mat, MATLAB v7.3) and the new protocol's "
+        f"split files ({SPLIT_FILE.format('labeled')}, ..._detected.mat) into OUT/cuhk03-np/<variant>/"
+        "{bounding_box_train,query,bounding_box_test}/, the layout the cuhk03np reader takes "
+        "(--dataset cuhk03np --data-root OUT). Example: python -m canlib convert-cuhk03 --mat cuhk-03.mat "
+        f"--splits {SPLIT_FILE.format('labeled')} {SPLIT_FILE.format('detected')} --out /data/reid",
+    )
+    p.add_argument("--mat", required=True, help="the original release's cuhk-03.mat")
+    p.add_argument(
+        "--splits",
+        required=True,
+        nargs="+",
+        help="the new protocol's split files (the variant is read from each name), or one folder holding both",
+    )
+    p.add_argument("--out", required=True, help="the data root to write cuhk03-np/ into")
+    p.set_defaults(func=_convert_cuhk03)
+
+
 # ---------------------------------------------------------------------------------------------- experiments
 def _cluster_options(args: argparse.Namespace) -> launch.ClusterOptions:
     """``--launcher submitit``'s job options (``--slurm-*``)."""
@@ -606,6 +636,7 @@ def _add_sanity(sub: argparse._SubParsersAction) -> None:
 #: The sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_make_synthetic,
+    _add_convert_cuhk03,
     _add_train,
     _add_evaluate,
     _add_ablate,

@@ -153,7 +153,10 @@ class ModelSection:
     backbone: Str = _doc("resnet50", "Section 3.2.1 (a name for canlib.backbone.build_backbone).")
     backbone_kwargs: dict[str, Any] = _doc(dict, "Extra arguments of the backbone's constructor.")
     pretrained: Str | None = _doc(
-        "imagenet", "Silent; standard for every compared method. A path: from the current folder, else the repository."
+        "imagenet",
+        "Silent; standard for every compared method. imagenet-v1 / imagenet-v2: torchvision's IMAGENET1K_V1 / "
+        "IMAGENET1K_V2; imagenet = imagenet-v1, the weights of the paper's time (timm: its default tag). "
+        "A path: from the current folder, else the repository.",
     )
     parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")
@@ -233,6 +236,9 @@ class TrainSection:
     eval_every: Count = _doc(0, "Evaluate every N epochs (0: only at the end).")
     checkpoint_every: Positive = _doc(1, "Epochs between checkpoints (the last is always kept).")
     progress: Bool = _doc(True, "tqdm progress bars.")
+    tensorboard: Bool = _doc(
+        True, "TensorBoard event files in <run>/tensorboard/ (logging only: not hashed, may change on resume)."
+    )
     max_batches_per_epoch: Cap = _doc(None, "Cap for smoke tests: its integer part caps an epoch's batches.")
     compile: Bool = _doc(False, "Speed only: torch.compile the training model (off: eager).")
     sync_bn: Bool = _doc(False, "torchrun only: BatchNorm over the global batch (nn.SyncBatchNorm; gloo on CPU).")
@@ -461,7 +467,8 @@ LATER_KEYS: dict[str, Any] = {
 
 
 def config_hash(
-    cfg: Mapping[str, Any], exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images")
+    cfg: Mapping[str, Any],
+    exclude: Iterable[str] = ("data.root", "train.progress", "data.verify_images", "train.tensorboard"),
 ) -> str:
     """A short, stable hash of a resolved configuration (ignoring keys that do not change the result,
     and the :data:`LATER_KEYS` at their neutral value)."""

@@ -252,7 +252,8 @@ class CAN(nn.Module):
             global branch. ``(1, 3, 5, 7)`` is the paper's model; see :data:`canlib.paper.PART_PATTERNS`.
         collaborative: apply collaborative attention (Table 3) or not (Table 2).
         backbone: name for :func:`canlib.backbone.build_backbone`.
-        pretrained: ``None``, ``"imagenet"`` or a local state-dict path.
+        pretrained: ``None``, ``"imagenet-v1"``, ``"imagenet-v2"``, ``"imagenet"`` (= v1) or a local
+            state-dict path (see :func:`canlib.backbone.build_backbone`).
         embed_dim: output size of the shared 1x1 embedding (256 in the paper); ``None``: no
             embedding layer, the pooled features themselves (the strong baseline's head).
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"`` (PyTorch's windows).

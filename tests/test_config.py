@@ -24,6 +24,7 @@ from canlib.config import (
     TrainSection,
     config_hash,
     config_value,
+    flatten_config,
     load_config,
 )
 from canlib.data.cache import CACHE_MODES
@@ -156,15 +157,14 @@ def _records() -> list[Path]:
 @pytest.mark.parametrize("path", _records(), ids=lambda p: str(p.parent.relative_to(ROOT / "results")))
 def test_every_committed_record_loads_with_its_hash(path):
     """The grid finds records by hash (canlib.lab.grid.recorded_run): loading a record's config.yaml
-    through the schema gives back the very dictionary it holds, so the hash it is named by."""
-    from canlib.config import LATER_KEYS, flatten_config
-
+    through the schema gives back the very dictionary it holds, so the hash it is named by; keys added
+    to the schema since are only ones the hash leaves out (config_hash's exclude, LATER_KEYS)."""
     raw = yaml.safe_load(path.read_text())
     cfg = load_config(path)
-    flat_raw, flat_cfg = flatten_config(raw), flatten_config(cfg)
-    assert {k: flat_cfg[k] for k in flat_raw} == flat_raw
-    added = {k: v for k, v in flat_cfg.items() if k not in flat_raw}
-    assert set(added) <= set(LATER_KEYS) and all(v == LATER_KEYS[k] for k, v in added.items())
+    flat, recorded = flatten_config(cfg), flatten_config(raw)
+    assert {k: flat.get(k) for k in recorded} == recorded  # every recorded value, given back
+    unhashed = set(inspect.signature(config_hash).parameters["exclude"].default) | set(canlib.config.LATER_KEYS)
+    assert set(flat) - set(recorded) <= unhashed
     assert config_hash(cfg) == config_hash(raw)
     if path.parent.parent.name in ("ablations", "decisions"):
         assert config_hash(cfg) == path.parent.name

@@ -101,6 +101,7 @@ def test_interrupted_two_process_run_resumes_exactly(ddp_results):
     assert record["distributed"] == {"world_size": 2, "backend": "gloo"}
     log = [json.loads(x) for x in (full / "log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in log] == [1, 2] and all(x["images"] == 8 for x in log)  # global batches
+    assert len(list((full / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's writer alone
 
 
 @pytest.mark.parametrize("world", [2, 4])

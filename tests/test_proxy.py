@@ -227,20 +227,3 @@ def test_new_layers_get_their_own_learning_rate_and_the_default_keeps_one_group(
     n_head = sum(p.numel() for p in head["params"])
     model = build_model(RunSections.from_config(load_config(SMOKE, ["model.pretrained=null"])).model, 4)
     assert n_head == sum(p.numel() for m in (model.embedding, model.classifiers) for p in m.parameters())
-
-
-def test_the_warm_up_rises_linearly_then_the_steps_apply():
-    import torch
-
-    from canlib.engine.build import step_schedule
-
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = step_schedule(opt, [3, 5], 0.1, warmup_epochs=2)
-    seen = []
-    for _ in range(6):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0, 0.1, 0.1, 0.01])
-    plain = step_schedule(opt, [3, 5], 0.1)
-    assert isinstance(plain, torch.optim.lr_scheduler.MultiStepLR)

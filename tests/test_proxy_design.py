@@ -79,6 +79,7 @@ def test_gallery_identities_are_new_people_filmed_by_the_sets_cameras(tiny_data)
     assert len(people) == 6 and not people & known and min(people) > max(known)
     assert {cam for _, _, cam in extra} <= set(range(meta["arguments"]["cameras"]))
     assert any(pid == 0 for _, pid, _ in extra)  # the generator's share of distractor images
+
     def digests(records):
         return {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p, pid, _ in records if pid == 0}
 
@@ -93,6 +94,4 @@ def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
     people = {pid for _, pid, _ in val.gallery}
     assert abs(len(people) - len({pid for _, pid, _ in test.gallery})) <= 5
     assert not {pid for _, pid, _ in val.query} & {pid for _, pid, _ in test.query}
-    assert val.num_train_pids == 200 and math.isclose(
-        decide_mod.split_of(CPU, root)[1], math.log(200)
-    )
+    assert val.num_train_pids == 200 and math.isclose(decide_mod.split_of(CPU, root)[1], math.log(200))

@@ -3,6 +3,7 @@
 * :mod:`canlib.engine.build`    -- configuration -> data, model, loss, optimisers (the only config readers)
 * :mod:`canlib.engine.trainer`  -- the training loop, exact resume, the NaN guard
 * :mod:`canlib.engine.run_folder` -- a run's folder: refusals, log, record files, what a resume must match
+* :mod:`canlib.engine.tensorboard_log` -- TensorBoard event files of the log and the metrics (rank 0)
 * :mod:`canlib.engine.precision` -- mixed precision and memory format
 * :mod:`canlib.engine.distributed` -- DDP under torchrun: sharding, gathering, synchronised BatchNorm
 * :mod:`canlib.engine.checks`   -- checks before a run's first write (input height, images)

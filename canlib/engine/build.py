@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from canlib.backbone import is_weights_name
 from canlib.config import ConfigError, DataSection, LossSection, ModelSection, OptimSection, RunSections
 from canlib.data import PKSampler, build_test_loaders, build_train_loader, load_dataset
 from canlib.data.base import ReIDDataset
@@ -78,10 +78,11 @@ def _gallery_identities(data: DataSection) -> list[tuple[str, int, int]]:
 
 
 def resolve_pretrained(value: str | None) -> str | None:
-    """``model.pretrained`` as a path to read: ``None`` and ``"imagenet"`` pass through; a relative
-    path is taken from the current folder when it exists there, else from the repository root
+    """``model.pretrained`` as a path to read: ``None`` and the names of ImageNet weights
+    (:func:`canlib.backbone.is_weights_name`: ``imagenet``, ``imagenet-v1``, ``imagenet-v2``) pass through;
+    a relative path is taken from the current folder when it exists there, else from the repository root
     (so profiles can name committed weights, ``results/pretrained/...``, from any folder)."""
-    if value in (None, "imagenet") or Path(str(value)).is_absolute() or Path(str(value)).exists():
+    if value is None or is_weights_name(value) or Path(value).is_absolute() or Path(value).exists():
         return value
     candidate = REPO_ROOT / str(value)
     return str(candidate) if candidate.exists() else value

@@ -7,10 +7,12 @@ The folder holds::
     log.jsonl          one line per epoch: lr, mean loss terms, images/s (and metrics when evaluated)
     checkpoints/last.pt  model, optimisers, scheduler, centres, RNG states and epoch
     metrics.json       the final evaluation (mAP, rank-k, mINP, the AP variant used)
+    tensorboard/       TensorBoard event files of the log's and the metrics' values (train.tensorboard)
 
 A folder holding a run is refused without ``resume`` or ``overwrite``, and one that cannot be
 written is refused before any work. Each epoch's log line is appended (in one flushed write)
-before its checkpoint; a resume drops the lines past the checkpoint's epoch.
+before its checkpoint; a resume drops the lines past the checkpoint's epoch (and TensorBoard
+its events past it: :mod:`canlib.engine.tensorboard_log`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from canlib.config import LATER_KEYS, config_value, dump_config
 from canlib.engine.checkpoint import CHECKPOINT, checkpoint_path
 from canlib.engine.errors import RunFolderError, error_line
 from canlib.engine.record import run_record
+from canlib.engine.tensorboard_log import TENSORBOARD, TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,12 @@ RESUMABLE_CHANGES = (
     "train.compile",
     "data.root",
     "data.verify_images",
+    "train.tensorboard",
 )
 #: Files that make a folder a run: ``train`` refuses to start over them without --resume or --overwrite.
 RUN_FILES = (CHECKPOINT, "metrics.json")
 #: Everything a run writes in its folder: ``--overwrite`` replaces these and keeps anything else.
-RUN_ENTRIES = ("config.yaml", "run.json", "log.jsonl", "metrics.json", "checkpoints", "evaluations")
+RUN_ENTRIES = ("config.yaml", "run.json", "log.jsonl", "metrics.json", "checkpoints", "evaluations", TENSORBOARD)
 #: The lock a command holds on a run folder while it trains, evaluates or exports it.
 LOCK = ".lock"
 
@@ -198,6 +202,7 @@ class RunFolder:
         self.path = Path(path)
         self.log_path = self.path / "log.jsonl"
         self.checkpoint = checkpoint_path(self.path)
+        self.board: TensorBoardLog | None = None  # while :meth:`events` is open
 
     def check(self, resume: bool = False, overwrite: bool = False) -> None:
         """See :func:`check_output_dir`."""
@@ -257,6 +262,7 @@ class RunFolder:
         if epoch == 0:
             self.checkpoint.unlink(missing_ok=True)  # a replaced run's, if any
             self.log_path.write_text("")
+            shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)  # events of a run that never checkpointed
         elif self.log_path.is_file():
             trim_log(self.log_path, epoch)
 
@@ -266,13 +272,31 @@ class RunFolder:
         record = {**run_record(dict(config), device), **sections}
         (self.path / "run.json").write_text(json.dumps(record, indent=2) + "\n")
 
+    @contextlib.contextmanager
+    def events(self, enabled: bool, epoch: int) -> Iterator[None]:
+        """While open (and ``enabled``), the log's lines and the metrics also go to TensorBoard event
+        files, for the epochs after ``epoch`` (:class:`TensorBoardLog`); closed on every way out."""
+        if not enabled:
+            yield
+            return
+        self.board = TensorBoardLog(self.path, epoch)
+        try:
+            yield
+        finally:
+            self.board.close()
+            self.board = None
+
     def append_log(self, stats: Mapping[str, Any]) -> None:
-        """Append an epoch's line to ``log.jsonl``."""
+        """Append an epoch's line to ``log.jsonl`` (and to the event files, while :meth:`events` is open)."""
         append_line(self.log_path, stats)
+        if self.board is not None:
+            self.board.write_line(stats)
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
-        """``metrics.json``: the final evaluation."""
+        """``metrics.json``: the final evaluation (and its scalars in the event files)."""
         (self.path / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if self.board is not None:
+            self.board.write_metrics(metrics)
 
     def kept(self, saved_epoch: int | None) -> str:
         """Which checkpoint a stopped run leaves behind (for the error messages)."""

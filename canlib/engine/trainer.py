@@ -1,10 +1,10 @@
 """The training loop of Section 4.5, with checkpoints that resume exactly.
 
-The loop alone lives here; its collaborators each have a module: the output folder and what a
-resume must match (:mod:`canlib.engine.run_folder`), checkpoint files and RNG states
-(:mod:`canlib.engine.checkpoint`), mixed precision (:mod:`canlib.engine.precision`), DDP
-(:mod:`canlib.engine.distributed`), the checks before the first write (:mod:`canlib.engine.checks`)
-and the ways a run stops (:mod:`canlib.engine.errors`, whose names are importable from here too).
+The loop alone lives here; its collaborators each have a module: the output folder, what a resume
+must match and TensorBoard's event files (:mod:`canlib.engine.run_folder`, :mod:`canlib.engine.tensorboard_log`),
+checkpoint files and RNG states (:mod:`canlib.engine.checkpoint`), mixed precision (:mod:`canlib.engine.precision`),
+DDP (:mod:`canlib.engine.distributed`), the checks before the first write (:mod:`canlib.engine.checks`) and the
+ways a run stops (:mod:`canlib.engine.errors`, whose names are importable from here too).
 
 A non-finite loss stops training with :class:`TrainingDiverged`; the checkpoint on disk is
 then still the one written at the end of the last good epoch. Each epoch's log line is
@@ -230,17 +230,18 @@ class Trainer:
             data = {"statistics": self.dataset.statistics()}  # what a resume compares
             self.folder.write_record(self.run.config, self.device, distributed=self.dist.record(), data=data)
         log.info("%s", self.dataset.summary())
-        try:
-            while self.epoch < epochs:
-                self._run_epoch(epochs)
-        except KeyboardInterrupt as exc:
-            raise TrainingInterrupted(
-                f"interrupted after {self.epoch} of {epochs} epochs; {self.folder.kept(self.saved_epoch)}",
-                resumable=self.saved_epoch is not None,
-            ) from exc
-        metrics = self._final_evaluation()
-        if self.is_main:
-            self.folder.write_metrics(metrics)
+        with self.folder.events(self.run.train.tensorboard and self.is_main, self.epoch):  # rank 0's event files
+            try:
+                while self.epoch < epochs:
+                    self._run_epoch(epochs)
+            except KeyboardInterrupt as exc:
+                raise TrainingInterrupted(
+                    f"interrupted after {self.epoch} of {epochs} epochs; {self.folder.kept(self.saved_epoch)}",
+                    resumable=self.saved_epoch is not None,
+                ) from exc
+            metrics = self._final_evaluation()
+            if self.is_main:
+                self.folder.write_metrics(metrics)
         log.info("final: mAP %.4f  rank-1 %.4f  mINP %.4f", metrics["mAP"], metrics["rank1"], metrics["mINP"])
         return metrics
 

@@ -86,8 +86,9 @@ _SCHEDULE = "optim.milestones=[3, 5, 6]"
 
 
 def _schedule(lr: str, head: float) -> tuple[str, ...]:
-    warm = 1 if head != 1.0 else 0
-    return (f"optim.lr={lr}", f"optim.head_lr_mult={head}", f"optim.warmup_epochs={warm}", _SCHEDULE)
+    """A schedule option: with new layers at ``head`` x lr, epoch 1 at half the rates (a warm-up)."""
+    warm = ("optim.warmup_epochs=2", "optim.warmup_factor=0.5") if head != 1.0 else ("optim.warmup_epochs=0",)
+    return (f"optim.lr={lr}", f"optim.head_lr_mult={head}", *warm, _SCHEDULE)
 
 
 #: The stages, in the order they run. Fixed before any decision run (see the module docstring).

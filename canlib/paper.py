@@ -216,9 +216,15 @@ CONTRADICTIONS: tuple[Contradiction, ...] = (
         "chapter 5",
     ),
     Contradiction(
+        "Section 4.1: Market-1501 has '1501 person IDs and 12936 bounding box images in total'; 12,936 is the "
+        "size of its training set alone",
+        "the official counts, which the readers check (canlib.data.Market1501.official)",
+        "chapter 7",
+    ),
+    Contradiction(
         "Part-1,2,3 is 'essentially MGN' at 86.6 mAP; MGN's paper reports 86.9",
         "both shown; MGN's in Table 5",
-        "chapter 9",
+        "chapter 10",
     ),
     Contradiction(
         "Table 5 gives CAN 90.6 / 96.4 on Market-1501; Table 4's best row of the same model is 89.6 / 95.7",

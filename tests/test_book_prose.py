@@ -156,3 +156,20 @@ def test_the_book_finds_quotes_to_check(cpu: dict) -> None:
 @pytest.mark.parametrize("path", PAGES, ids=[p.stem for p in PAGES])
 def test_prose_matches_cpu_profile(path: Path, cpu: dict) -> None:
     assert disagreements(markdown_texts(path), cpu) == []
+
+
+def test_chapters_link_the_contradictions_they_show() -> None:
+    """Every chapter that :data:`canlib.paper.CONTRADICTIONS` names links to the one table of them (chapter 10's)."""
+    from canlib.paper import CONTRADICTIONS
+
+    chapters = {int(path.name[:2]): path for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))}
+    named = {int(re.fullmatch(r"chapter (\d+)", c.chapter)[1]) for c in CONTRADICTIONS}  # type: ignore[index]
+    assert named <= set(chapters), named - set(chapters)
+    unlinked = [
+        chapters[n].name
+        for n in sorted(named - {10})  # chapter 10 holds the table
+        if not any("{numref}`tbl-results-contradictions`" in text for _, text in markdown_texts(chapters[n]))
+    ]
+    assert unlinked == []
+    wheres = [c.where for c in CONTRADICTIONS]
+    assert len(wheres) == len(set(wheres))  # each once

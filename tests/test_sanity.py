@@ -64,7 +64,7 @@ def test_the_bot_profile_spells_out_bots_recipe_with_a_source_on_every_line(bot)
     assert (o.lr, o.weight_decay, o.warmup_epochs, o.warmup_factor) == (3.5e-4, 5e-4, 10, 0.1)
     assert (o.milestones, o.gamma, o.epochs) == ((40, 70), 0.1, 120)
     assert (bot.eval.metric, bot.eval.rerank, bot.eval.flip_tta) == ("cosine", False, False)
-    assert load_config(BOT)["model"]["pretrained"] == "imagenet"
+    assert load_config(BOT)["model"]["pretrained"] == "imagenet-v1"
     keys = [line for line in BOT.read_text().splitlines() if re.match(r"^\s+\w+:\s*\S", line)]
     assert keys and all("#" in line for line in keys), [line for line in keys if "#" not in line]
 

@@ -2,19 +2,29 @@
 
 Every choice the paper leaves open (where the clustering losses see the feature, one BN per
 feature or one shared, squared or plain distances, the cosine scale, the margin) and every
-calibration of the CPU proxy (learning rate and step positions) is decided here, on identities
-held out from the *training* split (``data.val_ids``); the test split is never read.
+calibration of the CPU proxy (learning rates of the trunk and of the new layers, warm-up) is
+decided here, on identities held out from the *training* split (:data:`VALIDATION`); the test
+split is never read.
 
-The stages run in order, the one the grid's verdicts depend on most first (the neck: the
-collapse of the first grid), then the learning rate, the scale and the margin; each compares
-its options with the choices already made and keeps
-one by :func:`decide`, a rule written down before any run: the option with the best mean
-validation mAP replaces the stage's default only when it beats the default by more than
-:data:`TIE_POINTS` mAP points *and* by more than the seed-to-seed spread; otherwise the default
-(the paper's literal choice where it has one, else the field's usual value) stays. Options
-marked as references (e.g. CE alone, to show what a collapse looks like) are trained and
-reported but never chosen. Every run is recorded under ``results/decisions/<hash>/`` like any
-other run, and the decisions with their numbers in ``results/decisions/decisions.json``.
+The stages run in order. The schedule comes first: a stage can only compare options whose
+classifiers learn, and in the first decisions none did (every option ended at chance, the
+neck was chosen on the trunk's features alone). Then the neck, the scale and the margin. Each
+stage compares its options on top of the choices already made and keeps one by
+:func:`decide`, a rule written down before any run:
+
+1. an option whose mean final training CE stays above :data:`DEAD_HEAD_SHARE` of chance
+   (ln of the number of training identities) is disqualified, whatever its validation mAP:
+   the paper's objective includes L_CE, and a classifier at chance is not the model it trains;
+2. of the rest, the option with the best mean validation mAP replaces the stage's default only
+   when it beats the default by more than :data:`TIE_POINTS` mAP points *and* by more than the
+   seed-to-seed spread; otherwise the default (the paper's literal choice where it has one, else
+   the field's usual value) stays. A disqualified default gets no such protection.
+
+Options marked as references (e.g. CE alone) are trained and reported but never chosen. Every
+run is recorded under ``results/decisions/<profile>-<dataset>/<hash>/`` like any other run, and
+the decisions with their numbers (mean validation mAP, spread, final CE, disqualifications) in
+``decisions.json`` beside them. The first pre-trained proxy's decisions (:data:`STAGES_V2`,
+:data:`VALIDATION_V1`) stay in ``results/decisions/`` as the "before".
 """
 
 from __future__ import annotations

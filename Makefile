@@ -86,8 +86,11 @@ book: chapters html
 train: $(STAMP) data
 	$(BIN)/python -m canlib train --config configs/cpu.yaml --data-root $(DATA_ROOT) --output runs/cpu --resume
 
+# The proxy's grid: Tables 2-4 and the controls (Part-1 under both losses, adaptive pooling), each
+# run also read out on its global and local slices; records in results/ablations/cpu-synthetic/.
+GRID_TABLES := "Table 2" "Table 3" "Table 4" Controls
 ablations: $(STAMP) data
-	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --tables $(GRID_TABLES) --slices
 
 # The paper's silences and the proxy's calibration, decided on a validation split of the training
 # identities before the grid is run (results/decisions/<profile>-<dataset>/; configs/cpu.yaml holds
@@ -106,7 +109,7 @@ controls: $(STAMP) data
 	$(BIN)/python -m canlib controls --config configs/cpu.yaml --data-root $(DATA_ROOT)
 
 ablations-force: $(STAMP) data
-	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --force
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --tables $(GRID_TABLES) --slices --force
 
 # The experiment notebooks as papermill runs with parameters: they train what is not recorded
 # (train_missing), and their executed copies land in results/notebooks/<notebook>-<profile>-<dataset>.ipynb.

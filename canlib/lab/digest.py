@@ -41,13 +41,22 @@ def platform_key() -> dict[str, str]:
 def short_config(path: Path) -> dict[str, Any]:
     """A record's ``config.yaml`` as a short training on the tiny set (validation: 2 of its 9 ids)."""
     data = yaml.safe_load(path.read_text())["data"]
-    return load_config(path, [*SHORT, f"data.p={min(data['p'], 4)}", f"data.val_ids={min(data['val_ids'], 2)}"])
+    scaled = [f"data.p={min(data['p'], 4)}", f"data.val_ids={min(data['val_ids'], 2)}"]
+    if data.get("val_gallery_ids"):  # new gallery people: a few, drawn for the tiny set
+        scaled.append(f"data.val_gallery_ids={min(data['val_gallery_ids'], 3)}")
+    return load_config(path, [*SHORT, *scaled])
 
 
 def record_configs(results_dir: str | Path = "results") -> dict[str, dict[str, Any]]:
     """The short configurations of the records, each named by the hashes of the records it stands for."""
     groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
-    for path in sorted(p for folder in RECORD_DIRS for p in Path(results_dir, folder).glob("*/config.yaml")):
+    found = (
+        p
+        for folder in RECORD_DIRS
+        for depth in ("*", "*/*")
+        for p in Path(results_dir, folder).glob(f"{depth}/config.yaml")
+    )
+    for path in sorted(found):  # a grid's records, flat (the first grids) or in <profile>-<dataset>/
         short = short_config(path)
         groups.setdefault(config_hash(short), ([], short))[0].append(config_hash(yaml.safe_load(path.read_text())))
     return {" ".join(sorted(names)): short for names, short in groups.values()}

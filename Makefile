@@ -126,7 +126,7 @@ experiments: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
 	  echo "papermill $$nb ($(PROFILE), $(DATASET))"; \
 	  ../$(BIN)/papermill --cwd . --log-level WARNING $$nb.ipynb ../results/notebooks/$$nb-$(PROFILE)-$(DATASET).ipynb \
 	    -p profile $(PROFILE) -p dataset $(DATASET) -p data_root $(shell realpath -m --relative-to=chapters $(DATA_ROOT)) -p device $(DEVICE) \
-	    -p train_missing True; \
+	    -p train_missing True $(if $(filter-out cpu,$(PROFILE)),-p results_dir ../results/ablations/$(PROFILE)-$(DATASET)); \
 	done
 
 # The cpu proxy's pre-trained trunk (configs/pretrain.yaml): a large synthetic set of identities

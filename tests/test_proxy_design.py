@@ -95,3 +95,33 @@ def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
     assert abs(len(people) - len({pid for _, pid, _ in test.gallery})) <= 5
     assert not {pid for _, pid, _ in val.query} & {pid for _, pid, _ in test.query}
     assert val.num_train_pids == 200 and math.isclose(decide_mod.split_of(CPU, root)[1], math.log(200))
+
+
+def test_each_profile_and_data_set_records_its_grid_in_its_own_folder():
+    from canlib.lab.grid import results_folder
+
+    profiles = sorted((ROOT / "configs").glob("*.yaml"))
+    folders = {results_folder(p) for p in profiles if p.name != "pretrain.yaml"}
+    assert results_folder(ROOT / "configs" / "paper-market1501.yaml") == Path("results/ablations/paper-market1501")
+    assert results_folder(CPU, "decisions") == Path("results/decisions/cpu-synthetic")
+    assert Path("results/ablations") not in folders  # the first proxies' flat records are nobody's default
+    assert len({f for f in folders if "paper" in f.name}) == 4
+
+
+def test_a_grid_of_another_profile_leaves_the_proxys_records_alone(tiny_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proxy = tmp_path / "results" / "ablations" / "cpu-synthetic" / "0123456789ab"
+    proxy.mkdir(parents=True)
+    (proxy / "metrics.json").write_text('{"mAP": 0.5}\n')
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    smoke = ROOT / "configs" / "smoke.yaml"
+    cmd = [sys.executable, "-m", "canlib", "ablate", "--config", str(smoke), "--data-root", str(tiny_data)]
+    cmd += ["--tables", "Table 4", "--rows", "CE", "--seeds", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert {p: p.read_bytes() for p in before} == before
+    assert (tmp_path / "results" / "ablations" / "smoke-synthetic" / "runs.csv").is_file()
+    assert len(list((tmp_path / "results" / "ablations" / "smoke-synthetic").glob("*/metrics.json"))) == 1

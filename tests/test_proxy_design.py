@@ -125,3 +125,29 @@ def test_a_grid_of_another_profile_leaves_the_proxys_records_alone(tiny_data, tm
     assert {p: p.read_bytes() for p in before} == before
     assert (tmp_path / "results" / "ablations" / "smoke-synthetic" / "runs.csv").is_file()
     assert len(list((tmp_path / "results" / "ablations" / "smoke-synthetic").glob("*/metrics.json"))) == 1
+
+
+def test_the_decisions_record_chance_final_ce_and_disqualifications(tiny_data, tmp_path, monkeypatch):
+    tiny = ("data.val_ids=2", "data.val_seed=0", "data.val_groups=true", "data.val_gallery_ids=3")
+    monkeypatch.setattr(decide_mod, "VALIDATION", tiny)
+    stage = decide_mod.Stage(
+        "schedule",
+        "q",
+        "one rate",
+        "why",
+        (
+            decide_mod.Option("one rate", ("optim.head_lr_mult=1.0",)),
+            decide_mod.Option("new layers x10", ("optim.head_lr_mult=10.0",)),
+        ),
+    )
+    smoke = ROOT / "configs" / "smoke.yaml"
+    results = tmp_path / "results" / "decisions" / "smoke-synthetic"
+    (decision,) = decide_mod.run_decisions(smoke, tiny_data, [stage], (0,), results, tmp_path / "runs", jobs=1)
+    saved = json.loads((results / "decisions.json").read_text())
+    assert saved["complete"] and saved["validation"] == list(tiny)
+    train_ids = len(json.loads((tiny_data / "meta.json").read_text())["train_pids"]) - 2
+    assert saved["chance_ce"] == pytest.approx(math.log(train_ids))
+    assert set(saved["decisions"][0]["final_ce"]) == {"one rate", "new layers x10"}
+    dead = [row for row, ce in decision.final_ce.items() if ce > decide_mod.DEAD_HEAD_SHARE * saved["chance_ce"]]
+    assert sorted(decision.disqualified) == sorted(dead)
+    assert len(list(results.glob("*/metrics.json"))) == 2

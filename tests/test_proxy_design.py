@@ -151,3 +151,15 @@ def test_the_decisions_record_chance_final_ce_and_disqualifications(tiny_data, t
     dead = [row for row, ce in decision.final_ce.items() if ce > decide_mod.DEAD_HEAD_SHARE * saved["chance_ce"]]
     assert sorted(decision.disqualified) == sorted(dead)
     assert len(list(results.glob("*/metrics.json"))) == 2
+
+
+def test_the_schedule_stage_also_requires_a_converged_classifier():
+    stage = decide_mod.Stage(
+        "s", "q", "a", "why", (decide_mod.Option("a", ()), decide_mod.Option("b", ())), converged_ce=1.5
+    )
+    records = _records({"a": [(0.80, 3.4), (0.80, 3.3)], "b": [(0.78, 1.0), (0.78, 1.1)]})
+    d = decide_mod.decide(stage, records, chance_ce=math.log(200))
+    assert d.chosen == "b" and d.disqualified == ["a"] and "1.50" in d.reason
+    assert decide_mod.decide(STAGE, records, chance_ce=math.log(200)).chosen == "a"  # alive by 70 % alone
+    assert decide_mod.STAGES[0].converged_ce == decide_mod.CONVERGED_CE == 1.5
+    assert all(s.converged_ce is None for s in decide_mod.STAGES[1:])

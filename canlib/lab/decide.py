@@ -81,6 +81,9 @@ class Stage:
     default: str
     why_default: str
     options: tuple[Option, ...]
+    #: An option of this stage whose mean final training CE is above this is not eligible either
+    #: (the schedule stage: issue 21's criterion for a classifier that has converged).
+    converged_ce: float | None = None
 
     def option(self, label: str) -> Option:
         return next(o for o in self.options if o.label == label)
@@ -101,6 +104,14 @@ def _schedule(lr: str, head: float) -> tuple[str, ...]:
     return (f"optim.lr={lr}", f"optim.head_lr_mult={head}", *warm, _SCHEDULE)
 
 
+#: The schedule must reach the paper's end state, a trained classifier (issue 21, point 2: every
+#: grid run with a CE term ends below a training CE of 1.5, against chance ln 250 = 5.5). The
+#: first run of the stages (``decisions-first-rule.json``) applied only :data:`DEAD_HEAD_SHARE`,
+#: and chose "lr 1e-3, one rate" at a final CE of 3.37 (mAP 79.7 against 78.3 for the new layers
+#: at 10x, CE 1.06): a classifier far from trained. The bound was added for the schedule stage
+#: before any later stage or the grid was run, and with no test number seen.
+CONVERGED_CE = 1.5
+
 #: The stages, in the order they run. Fixed before any decision run (see the module docstring).
 #: The schedule runs first: a stage whose options leave every classifier near chance cannot
 #: choose between them (the first decisions chose the neck with no classifier trained).
@@ -116,6 +127,7 @@ STAGES: tuple[Stage, ...] = (
             _opt("lr 3e-4, new layers x10", *_schedule("3.0e-4", 10.0)),
             _opt("lr 1e-3, new layers x10", *_schedule("1.0e-3", 10.0)),
         ),
+        converged_ce=CONVERGED_CE,
     ),
     Stage(
         "neck",
@@ -294,6 +306,8 @@ def decide(
     if stage.default not in mean:
         raise ValueError(f"stage {stage.name}: the default {stage.default!r} has no recorded run")
     dead = dead_heads(records, chance_ce, dead_share) if chance_ce else {}
+    if stage.converged_ce is not None:
+        dead.update({row: ce for row, ce in mean_final_ce(records).items() if ce > stage.converged_ce})
     eligible = [o.label for o in stage.options if not o.reference and o.label in mean and o.label not in dead]
     if not eligible:
         return _record(
@@ -309,9 +323,12 @@ def decide(
         )
     best = max(eligible, key=lambda label: mean[label])
     if stage.default in dead:
+        bound = f"{dead_share:.0%} of {chance_ce:.2f}" if chance_ce else ""
+        if stage.converged_ce is not None:
+            bound = f"{bound} or {stage.converged_ce:.2f}".strip(" or")
         reason = (
-            f"the default's classifier ended near chance (CE {dead[stage.default]:.2f} > "
-            f"{dead_share:.0%} of {chance_ce:.2f}): disqualified, {best} has the best mean of the rest"
+            f"the default's classifier did not train (final CE {dead[stage.default]:.2f} > {bound}): "
+            f"disqualified, {best} has the best mean of the rest"
         )
         return _record(stage, records, summary, best, best, dead, mean, std, reason)
     spread = math.sqrt((_nan0(std[best]) ** 2 + _nan0(std[stage.default]) ** 2) / 2)

@@ -163,3 +163,10 @@ def test_the_schedule_stage_also_requires_a_converged_classifier():
     assert decide_mod.decide(STAGE, records, chance_ce=math.log(200)).chosen == "a"  # alive by 70 % alone
     assert decide_mod.STAGES[0].converged_ce == decide_mod.CONVERGED_CE == 1.5
     assert all(s.converged_ce is None for s in decide_mod.STAGES[1:])
+
+
+def test_the_decided_profile_is_the_cpu_profile_with_the_decisions_applied():
+    decisions = ROOT / "results" / "decisions" / "cpu-synthetic" / "decisions.json"
+    chosen = load_config(CPU, decide_mod.chosen_overrides(decisions))
+    assert json.loads(decisions.read_text())["complete"]
+    assert config_hash(load_config(ROOT / "configs" / "cpu-decided.yaml")) == config_hash(chosen)

@@ -112,6 +112,64 @@ def _schedule(lr: str, head: float) -> tuple[str, ...]:
 #: before any later stage or the grid was run, and with no test number seen.
 CONVERGED_CE = 1.5
 
+#: The stages of the silences, shared by :data:`STAGES` and :data:`STAGES_V2` (only the schedule differs).
+_NECK = Stage(
+    "neck",
+    "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
+    "post-BN, shared BN, squared",
+    "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
+    "closest reading of 'one 1x1 convolution'; the losses see the features the classifier sees",
+    (
+        _opt(
+            "post-BN, shared BN, squared",
+            "loss.clustering_input=post_bn",
+            "model.embed_bn=shared",
+            "loss.triplet_squared=true",
+        ),
+        _opt(
+            "post-BN, shared BN, plain",
+            "loss.clustering_input=post_bn",
+            "model.embed_bn=shared",
+            "loss.triplet_squared=false",
+        ),
+        _opt(
+            "BNNeck, shared BN, plain",
+            "loss.clustering_input=pre_bn",
+            "model.embed_bn=shared",
+            "loss.triplet_squared=false",
+        ),
+        _opt(
+            "BNNeck, BN per feature, plain",
+            "loss.clustering_input=pre_bn",
+            "model.embed_bn=per_feature",
+            "loss.triplet_squared=false",
+        ),
+        _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
+    ),
+)
+_SCALE = Stage(
+    "scale",
+    "The scale of the cosine classifier's logits",
+    "scale 30",
+    "30 is inside the 16-64 range cosine heads use; the paper gives none",
+    (
+        _opt("scale 16", "loss.ce_scale=16.0"),
+        _opt("scale 30", "loss.ce_scale=30.0"),
+        _opt("scale 64", "loss.ce_scale=64.0"),
+    ),
+)
+_MARGIN = Stage(
+    "margin",
+    "The triplet margin alpha",
+    "margin 0.3",
+    "0.3 is the strong baseline's margin (Luo et al. 2019); the paper gives none",
+    (
+        _opt("margin 0.1", "loss.triplet_margin=0.1"),
+        _opt("margin 0.3", "loss.triplet_margin=0.3"),
+        _opt("margin 1.0", "loss.triplet_margin=1.0"),
+    ),
+)
+
 #: The stages, in the order they run. Fixed before any decision run (see the module docstring).
 #: The schedule runs first: a stage whose options leave every classifier near chance cannot
 #: choose between them (the first decisions chose the neck with no classifier trained).
@@ -129,102 +187,16 @@ STAGES: tuple[Stage, ...] = (
         ),
         converged_ce=CONVERGED_CE,
     ),
-    Stage(
-        "neck",
-        "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
-        "post-BN, shared BN, squared",
-        "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
-        "closest reading of 'one 1x1 convolution'; the losses see the features the classifier sees",
-        (
-            _opt(
-                "post-BN, shared BN, squared",
-                "loss.clustering_input=post_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=true",
-            ),
-            _opt(
-                "post-BN, shared BN, plain",
-                "loss.clustering_input=post_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=false",
-            ),
-            _opt(
-                "BNNeck, shared BN, plain",
-                "loss.clustering_input=pre_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=false",
-            ),
-            _opt(
-                "BNNeck, BN per feature, plain",
-                "loss.clustering_input=pre_bn",
-                "model.embed_bn=per_feature",
-                "loss.triplet_squared=false",
-            ),
-            _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
-        ),
-    ),
-    Stage(
-        "scale",
-        "The scale of the cosine classifier's logits",
-        "scale 30",
-        "30 is inside the 16-64 range cosine heads use; the paper gives none",
-        (
-            _opt("scale 16", "loss.ce_scale=16.0"),
-            _opt("scale 30", "loss.ce_scale=30.0"),
-            _opt("scale 64", "loss.ce_scale=64.0"),
-        ),
-    ),
-    Stage(
-        "margin",
-        "The triplet margin alpha",
-        "margin 0.3",
-        "0.3 is the strong baseline's margin (Luo et al. 2019); the paper gives none",
-        (
-            _opt("margin 0.1", "loss.triplet_margin=0.1"),
-            _opt("margin 0.3", "loss.triplet_margin=0.3"),
-            _opt("margin 1.0", "loss.triplet_margin=1.0"),
-        ),
-    ),
+    _NECK,
+    _SCALE,
+    _MARGIN,
 )
 
 
 #: The first pre-trained proxy's stages (results/decisions/, before the schedule ran first and
 #: the validation split was made as hard as the test split): chapter 9's "before".
 STAGES_V2: tuple[Stage, ...] = (
-    Stage(
-        "neck",
-        "Which tensor the triplet and center losses see, the BN after the embedding, and the distance",
-        "post-BN, shared BN, squared",
-        "equation (7) squares the distances; one shared BN after the shared 1x1 embedding is the "
-        "closest reading of 'one 1x1 convolution'; the losses see the features the classifier sees",
-        (
-            _opt(
-                "post-BN, shared BN, squared",
-                "loss.clustering_input=post_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=true",
-            ),
-            _opt(
-                "post-BN, shared BN, plain",
-                "loss.clustering_input=post_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=false",
-            ),
-            _opt(
-                "BNNeck, shared BN, plain",
-                "loss.clustering_input=pre_bn",
-                "model.embed_bn=shared",
-                "loss.triplet_squared=false",
-            ),
-            _opt(
-                "BNNeck, BN per feature, plain",
-                "loss.clustering_input=pre_bn",
-                "model.embed_bn=per_feature",
-                "loss.triplet_squared=false",
-            ),
-            _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
-        ),
-    ),
+    _NECK,
     Stage(
         "schedule",
         "Learning rate for fine-tuning the pre-trained trunk in 8 epochs (steps at 42/58/75 %)",
@@ -235,28 +207,8 @@ STAGES_V2: tuple[Stage, ...] = (
             _opt("lr 1e-3", "optim.lr=1.0e-3", "optim.milestones=[3, 5, 6]"),
         ),
     ),
-    Stage(
-        "scale",
-        "The scale of the cosine classifier's logits",
-        "scale 30",
-        "30 is inside the 16-64 range cosine heads use; the paper gives none",
-        (
-            _opt("scale 16", "loss.ce_scale=16.0"),
-            _opt("scale 30", "loss.ce_scale=30.0"),
-            _opt("scale 64", "loss.ce_scale=64.0"),
-        ),
-    ),
-    Stage(
-        "margin",
-        "The triplet margin alpha",
-        "margin 0.3",
-        "0.3 is the strong baseline's margin (Luo et al. 2019); the paper gives none",
-        (
-            _opt("margin 0.1", "loss.triplet_margin=0.1"),
-            _opt("margin 0.3", "loss.triplet_margin=0.3"),
-            _opt("margin 1.0", "loss.triplet_margin=1.0"),
-        ),
-    ),
+    _SCALE,
+    _MARGIN,
 )
 
 

@@ -14,6 +14,7 @@ from canlib.data import load_dataset
 from canlib.data.split import hold_out_validation
 from canlib.engine.build import build_dataset, build_loss, build_model
 from canlib.lab import decide as decide_mod
+from canlib.lab.grid import resolve
 from canlib.lab.pretrain import trunk_state_dict
 from canlib.model import CAN
 
@@ -158,9 +159,8 @@ def test_every_decision_stage_has_its_default_among_its_options():
 
 
 def test_the_cpu_profile_holds_what_the_validation_runs_chose():
-    decisions = ROOT / "results" / "decisions" / "decisions.json"
-    if not decisions.is_file():
-        pytest.skip("no decisions recorded yet (make decide)")
+    decisions = ROOT / "results" / "decisions" / "cpu-synthetic" / "decisions.json"
+    assert json.loads(decisions.read_text())["complete"]
     # holds for the stages decided so far too: the profile never runs ahead of, or against, them
     cfg = load_config(CPU)
     chosen = load_config(CPU, decide_mod.chosen_overrides(decisions))
@@ -227,3 +227,19 @@ def test_new_layers_get_their_own_learning_rate_and_the_default_keeps_one_group(
     n_head = sum(p.numel() for p in head["params"])
     model = build_model(RunSections.from_config(load_config(SMOKE, ["model.pretrained=null"])).model, 4)
     assert n_head == sum(p.numel() for m in (model.embedding, model.classifiers) for p in m.parameters())
+
+
+def test_make_decide_on_a_fresh_clone_trains_nothing():
+    # every run the stages plan from configs/cpu.yaml, given the recorded choices, is recorded:
+    # the profile holds every choice, and no option may lean on a key the profile sets
+    folder = ROOT / "results" / "decisions" / "cpu-synthetic"
+    saved = json.loads((folder / "decisions.json").read_text())
+    stages, chosen = decide_mod.STAGES, []
+    assert saved["stages"] == [s.name for s in stages] and saved["seeds"] == list(decide_mod.SEEDS)
+    for index, (stage, decision) in enumerate(zip(stages, saved["decisions"], strict=True)):
+        rows = decide_mod.stage_rows(stage, chosen, decide_mod.pending_defaults(stages, index), saved["validation"])
+        for row in rows:
+            hashes = [config_hash(resolve(CPU, row, seed, "anywhere")) for seed in decide_mod.SEEDS]
+            assert sorted(hashes) == sorted(decision["runs"][row.label]), (stage.name, row.label)
+            assert all((folder / h / "metrics.json").is_file() for h in hashes)
+        chosen += stage.option(decision["chosen"]).overrides

@@ -24,7 +24,7 @@ Options marked as references (e.g. CE alone) are trained and reported but never 
 run is recorded under ``results/decisions/<profile>-<dataset>/<hash>/`` like any other run, and
 the decisions with their numbers (mean validation mAP, spread, final CE, disqualifications) in
 ``decisions.json`` beside them. The first pre-trained proxy's decisions (:data:`STAGES_V2`,
-:data:`VALIDATION_V1`) stay in ``results/decisions/`` as the "before".
+:data:`VALIDATION_V1`) stay in ``results/decisions-v2/`` as the "before".
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 #: 50 ids alone: the pre-trained trunk scored 64.5 % mAP there and 39.3 % on test; this split
 #: brings it to 48.2 % (results/controls/trunk-only.json).
 VALIDATION: tuple[str, ...] = ("data.val_ids=50", "data.val_seed=0", "data.val_groups=true", "data.val_gallery_ids=200")
-#: The first decisions' split (results/decisions/, kept as the "before").
+#: The first decisions' split (results/decisions-v2/, kept as the "before").
 VALIDATION_V1: tuple[str, ...] = ("data.val_ids=50", "data.val_seed=0")
 #: Seeds per option.
 SEEDS: tuple[int, ...] = (0, 1)
@@ -99,8 +99,10 @@ _SCHEDULE = "optim.milestones=[3, 5, 6]"
 
 
 def _schedule(lr: str, head: float) -> tuple[str, ...]:
-    """A schedule option: with new layers at ``head`` x lr, epoch 1 at half the rates (a warm-up)."""
-    warm = ("optim.warmup_epochs=2", "optim.warmup_factor=0.5") if head != 1.0 else ("optim.warmup_epochs=0",)
+    """A schedule option: with new layers at ``head`` x lr, epoch 1 at half the rates (a warm-up).
+    Every option sets every key the stage decides, so that what the profile holds cannot change it."""
+    warm = ("2", "0.5") if head != 1.0 else ("0", "0.1")  # one rate: no warm-up (the factor at its default)
+    warm = (f"optim.warmup_epochs={warm[0]}", f"optim.warmup_factor={warm[1]}")
     return (f"optim.lr={lr}", f"optim.head_lr_mult={head}", *warm, _SCHEDULE)
 
 
@@ -144,7 +146,15 @@ _NECK = Stage(
             "model.embed_bn=per_feature",
             "loss.triplet_squared=false",
         ),
-        _opt("CE only (reference)", "loss.triplet_weight=0.0", "loss.center_weight=0.0", reference=True),
+        _opt(  # on the default neck, as first run: the profile's choice of neck must not change it
+            "CE only (reference)",
+            "loss.clustering_input=post_bn",
+            "model.embed_bn=shared",
+            "loss.triplet_squared=true",
+            "loss.triplet_weight=0.0",
+            "loss.center_weight=0.0",
+            reference=True,
+        ),
     ),
 )
 _SCALE = Stage(
@@ -193,7 +203,7 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-#: The first pre-trained proxy's stages (results/decisions/, before the schedule ran first and
+#: The first pre-trained proxy's stages (results/decisions-v2/, before the schedule ran first and
 #: the validation split was made as hard as the test split): chapter 9's "before".
 STAGES_V2: tuple[Stage, ...] = (
     _NECK,
@@ -403,6 +413,6 @@ def split_of(profile: str | Path, data_root: str | Path) -> tuple[tuple[str, ...
     return validation, math.log(build_dataset(data).num_train_pids)
 
 
-def chosen_overrides(path: str | Path = "results/decisions/decisions.json") -> list[str]:
+def chosen_overrides(path: str | Path = "results/decisions/cpu-synthetic/decisions.json") -> list[str]:
     """The overrides every decision chose, in stage order (what ``configs/cpu.yaml`` must hold)."""
     return list(json.loads(Path(path).read_text())["chosen_overrides"])

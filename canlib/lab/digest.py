@@ -1,7 +1,7 @@
 """The training digest: does the checked-out code train every recorded configuration as before?
 
 Every distinct configuration the committed records use (the ``config.yaml`` of each run under
-``results/ablations``, ``results/decisions`` and ``results/pretrained``) is shortened to a
+``results/ablations``, ``results/decisions``, their ``-v2`` "before" and ``results/pretrained``) is shortened to a
 bit-exact training of a few steps (:data:`SHORT`: two epochs of two batches, a learning-rate
 step after the first, seed 0, one thread) on a tiny synthetic set drawn here, and what it
 produces (the log without timings, the metrics, every tensor of the final weights) is hashed
@@ -24,7 +24,7 @@ from canlib.config import config_hash, load_config
 from canlib.engine.checkpoint import checkpoint_path, load_checkpoint
 
 #: The folders whose records the digest covers (``ablations-v1`` and ``calibration`` predate it).
-RECORD_DIRS = ("ablations", "decisions", "pretrained")
+RECORD_DIRS = ("ablations", "ablations-v2", "decisions", "decisions-v2", "pretrained")
 #: The short schedule (``data.p``/``data.val_ids`` are scaled to the tiny set in :func:`short_config`).
 _STEPS = ("seed=0", "optim.epochs=2", "optim.milestones=[1]", "train.max_batches_per_epoch=2")
 SHORT = (*_STEPS, "train.eval_every=0", "train.progress=false", "data.num_workers=0")

@@ -137,13 +137,15 @@ def load_records(
     data_root: str | Path,
     rows: Sequence[Row] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    results_dir: str | Path = "results/ablations",
+    results_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Read the recorded runs of a grid without training anything (for the book).
 
     Each record names the commit that trained it and whether its tree was dirty
     (:func:`provenance`); runs that were never recorded are left out, so a reader sees what exists.
+    ``results_dir`` defaults to the profile's own folder (:func:`results_folder`).
     """
+    results_dir = results_folder(profile) if results_dir is None else results_dir
     out = []
     for row in rows if rows is not None else ablation_rows():
         for seed in seeds:
@@ -272,7 +274,7 @@ def run_grid(
     data_root: str | Path,
     rows: Sequence[Row] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    results_dir: str | Path = "results/ablations",
+    results_dir: str | Path | None = None,
     runs_dir: str | Path = "runs/ablations",
     force: bool = False,
     device: str = "cpu",
@@ -299,7 +301,7 @@ def run_grid(
     (:mod:`canlib.lab.cost`, at ``throughput``).
     """
     rows = list(rows if rows is not None else ablation_rows())
-    results_dir, runs_dir = Path(results_dir), Path(runs_dir)
+    results_dir, runs_dir = Path(results_folder(profile) if results_dir is None else results_dir), Path(runs_dir)
     slots: list[launch.Slot] = list(launch.place(jobs, gpus, gpus_per_run)) if gpus is not None else [None] * jobs
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
     todo = {key: cfg for key, cfg in plan.items() if force or recorded_run(results_dir, cfg) is None}

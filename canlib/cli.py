@@ -242,7 +242,10 @@ def _export(args: argparse.Namespace) -> int:
     if args.row:
         if args.config is None or args.data_root is None:
             raise ValueError("--row needs --config and --data-root (to resolve the run's configuration hash)")
-        runs += grid.row_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
+        if args.train_missing:
+            runs += grid.trained_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
+        else:
+            runs += grid.row_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
     if not runs:
         raise ValueError("nothing to export: give --run DIR or --row 'Table N:label'")
     if args.onnx:
@@ -279,6 +282,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the run (for --row)")
     p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (for --row)")
+    p.add_argument(
+        "--train-missing",
+        action="store_true",
+        help="with --row: train again (CPU) a recorded run whose working folder has no checkpoint; "
+        "its metrics must equal its record's",
+    )
     p.add_argument("--out", help="output file (one run only)")
     p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")

@@ -151,3 +151,24 @@ def test_judge_claims_without_records_or_with_one_seed():
     one = judge_claims(_records({("Table 2", "Part-1,2,3"): [0.5], ("Table 2", "Part-1,3,5,7,9"): [0.4]}))
     assert one.loc[0, "proxy holds?"] == "yes" and one.loc[0, "min t"] != one.loc[0, "min t"]  # NaN: one seed
     assert (one.loc[1:, "proxy holds?"] == "not run").all()
+
+
+def test_a_run_trained_again_must_match_its_record(tmp_path):
+    # exactly on the CPU model that trained the record; within RETRAIN_TOLERANCE on another
+    from canlib.lab.grid import RETRAIN_TOLERANCE, _check_against_record
+
+    def run(name, cpu, m_ap):
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = dict.fromkeys(ablation.METRIC_KEYS, 0.5) | {"mAP": m_ap}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "run.json").write_text(json.dumps({"machine": {"cpu": cpu}}))
+        return folder
+
+    record = run("record", "AMD EPYC", 0.70)
+    _check_against_record(run("same", "AMD EPYC", 0.70), record)
+    with pytest.raises(RuntimeError, match="differs from its record"):
+        _check_against_record(run("same-off", "AMD EPYC", 0.7001), record)
+    _check_against_record(run("other", "Intel Xeon", 0.70 + RETRAIN_TOLERANCE / 2), record)
+    with pytest.raises(RuntimeError, match="differs from its record"):
+        _check_against_record(run("other-off", "Intel Xeon", 0.70 + 2 * RETRAIN_TOLERANCE), record)

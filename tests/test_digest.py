@@ -1,8 +1,5 @@
-"""The training digest: the checked-out code trains every recorded configuration as the records' code did.
-
-``results/training-digest.json`` (``make digest``) holds one SHA-256 per configuration the records
-use; this recomputes them. Bit-exactness is promised on the platform that wrote the file only.
-"""
+"""The checked-out code trains every recorded configuration as the records' code did (``make digest``
+wrote ``results/training-digest.json``); bit-exact on the platform that wrote it only."""
 
 from __future__ import annotations
 
@@ -18,26 +15,24 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 RECORDED = json.loads((RESULTS / "training-digest.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def configs() -> dict[str, dict[str, Any]]:
-    return record_configs(RESULTS)
+CONFIGS = record_configs(RESULTS)
 
 
 @pytest.fixture(scope="module")
-def first(configs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    name = next(iter(configs))
-    return configs[name], compute_digests({name: configs[name]})[name]
+def first() -> tuple[dict[str, Any], str]:
+    name = next(iter(CONFIGS))
+    return CONFIGS[name], compute_digests({name: CONFIGS[name]})[name]
 
 
-def test_the_digest_covers_exactly_the_recorded_configurations(configs: dict[str, dict[str, Any]]) -> None:
-    assert sorted(RECORDED["digests"]) == sorted(configs), "records changed: rewrite the digest (make digest)"
+def test_the_digest_covers_exactly_the_recorded_configurations() -> None:
+    assert sorted(RECORDED["digests"]) == sorted(CONFIGS), "records changed: rewrite the digest (make digest)"
 
 
-def test_the_code_trains_every_recorded_configuration_as_before(configs: dict[str, dict[str, Any]]) -> None:
+def test_the_code_trains_every_recorded_configuration_as_before() -> None:
     if platform_key() != {k: RECORDED[k] for k in platform_key()}:
         pytest.skip(f"digest made on {RECORDED['torch']}/{RECORDED['cpu_capability']}, not {platform_key()}")
-    now = compute_digests(configs)
-    changed = [name for name in configs if now[name] != RECORDED["digests"].get(name)]
+    now = compute_digests(CONFIGS)
+    changed = [name for name in CONFIGS if now[name] != RECORDED["digests"].get(name)]
     assert not changed, f"these configurations train differently now (record hashes): {changed}"
 
 

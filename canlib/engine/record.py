@@ -6,6 +6,7 @@ the training digest's job (:mod:`canlib.lab.digest`, ``tests/test_digest.py``), 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
@@ -36,12 +37,9 @@ def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        return names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
     return platform.processor() or platform.machine()
 
 
@@ -68,9 +66,8 @@ def library_versions() -> dict[str, str]:
 
     import canlib
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    versions.update(torchvision=torchvision.__version__, numpy=numpy.__version__, canlib=canlib.__version__)
-    versions["timm"] = timm.__version__
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    versions.update(numpy=numpy.__version__, canlib=canlib.__version__, timm=timm.__version__)
     if torch.cuda.is_available():
         versions.update(cuda=str(torch.version.cuda), cudnn=str(torch.backends.cudnn.version()))
     return versions

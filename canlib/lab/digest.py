@@ -21,7 +21,9 @@ import torch
 import yaml
 
 from canlib.config import config_hash, load_config
+from canlib.data import make_synthetic
 from canlib.engine.checkpoint import checkpoint_path, load_checkpoint
+from canlib.engine.trainer import train
 
 #: The folders whose records the digest covers (``ablations-v1`` and ``calibration`` predate it).
 RECORD_DIRS = ("ablations", "ablations-v2", "decisions", "decisions-v2", "pretrained")
@@ -77,9 +79,6 @@ def run_digest(run_dir: Path) -> str:
 
 def compute_digests(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Train each short configuration on a freshly drawn tiny set, one thread; ``{name: digest}``."""
-    from canlib.data import make_synthetic
-    from canlib.engine.trainer import train
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
+from canlib.engine.checkpoint import CHECKPOINT
 from canlib.engine.record import copy_record
 from canlib.lab import cost, launch
 from canlib.lab.analysis import summarize
@@ -334,6 +335,50 @@ def row_run_folders(
             raise ValueError(f"unknown row {spec!r}; known rows: {', '.join(known)}")
         folders.append(Path(runs_dir) / config_hash(resolve(profile, known[spec], seed, data_root)))
     return folders
+
+
+#: How far a run trained again on another CPU may land from its record (mAP and rank-1, absolute):
+#: training is bit-exact on one thread of the same CPU only.
+RETRAIN_TOLERANCE = 0.01
+
+
+def trained_run_folders(
+    profile: str | Path,
+    data_root: str | Path,
+    specs: Sequence[str],
+    seed: int,
+    runs_dir: str | Path,
+    results_dir: str | Path | None = None,
+    jobs: int = 2,
+) -> list[Path]:
+    """:func:`row_run_folders`, each with its final checkpoint: a recorded run whose working folder
+    lacks one (a fresh clone holds records, not checkpoints) is trained again on the CPU, one thread
+    per job as the grid trains. Each folder's metrics must equal its record's when both were trained
+    on the same CPU model, and lie within :data:`RETRAIN_TOLERANCE` otherwise (``RuntimeError``: the
+    weights would not stand for the recorded run)."""
+    results = Path(results_folder(profile) if results_dir is None else results_dir)
+    folders = row_run_folders(profile, data_root, specs, seed, runs_dir)
+    known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
+    cfgs = {f.name: resolve(profile, known[spec], seed, data_root) for f, spec in zip(folders, specs, strict=True)}
+    missing = [f for f in folders if not (f / CHECKPOINT).is_file() or not (f / "metrics.json").is_file()]
+    unrecorded = [f.name for f in folders if recorded_run(results, cfgs[f.name]) is None]
+    if unrecorded:
+        raise RuntimeError(f"not recorded in {results}: {', '.join(unrecorded)} (run the grid first: make ablations)")
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(lambda f: _train_subprocess(cfgs[f.name], f, "cpu", 1), missing))
+    for folder in folders:
+        _check_against_record(folder, results / folder.name)
+    return folders
+
+
+def _check_against_record(folder: Path, record: Path) -> None:
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (folder, record))
+    cpus = [json.loads((d / "run.json").read_text())["machine"]["cpu"] for d in (folder, record)]
+    gaps = {k: abs(got[k] - want[k]) for k in METRIC_KEYS}
+    tolerance = 0.0 if cpus[0] == cpus[1] else RETRAIN_TOLERANCE
+    if max(gaps["mAP"], gaps["rank1"]) > tolerance:
+        raise RuntimeError(f"{folder} differs from its record ({cpus[0]} / {cpus[1]}): {gaps}")
+    log.info("%s: mAP %.4f, its record's %.4f (trained on %s / %s)", folder, got["mAP"], want["mAP"], *cpus)
 
 
 def write_tables(records: Sequence[dict[str, Any]], results_dir: str | Path) -> pd.DataFrame:

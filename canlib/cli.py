@@ -286,7 +286,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--train-missing",
         action="store_true",
         help="with --row: train again (CPU) a recorded run whose working folder has no checkpoint; "
-        "its metrics must equal its record's",
+        "its metrics must equal its record's on the same CPU model, within grid.RETRAIN_TOLERANCE on another",
     )
     p.add_argument("--out", help="output file (one run only)")
     p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")

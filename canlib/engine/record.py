@@ -38,8 +38,9 @@ def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
 
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
-        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        return names[0].split(":", 1)[1].strip() if names else platform.processor() or platform.machine()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

@@ -101,8 +101,8 @@ _SCHEDULE = "optim.milestones=[3, 5, 6]"
 def _schedule(lr: str, head: float) -> tuple[str, ...]:
     """A schedule option: with new layers at ``head`` x lr, epoch 1 at half the rates (a warm-up).
     Every option sets every key the stage decides, so that what the profile holds cannot change it."""
-    warm = ("2", "0.5") if head != 1.0 else ("0", "0.1")  # one rate: no warm-up (the factor at its default)
-    warm = (f"optim.warmup_epochs={warm[0]}", f"optim.warmup_factor={warm[1]}")
+    epochs, factor = ("2", "0.5") if head != 1.0 else ("0", "0.1")  # one rate: no warm-up, the factor at its default
+    warm = (f"optim.warmup_epochs={epochs}", f"optim.warmup_factor={factor}")
     return (f"optim.lr={lr}", f"optim.head_lr_mult={head}", *warm, _SCHEDULE)
 
 

@@ -328,13 +328,19 @@ def row_run_folders(
     profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int, runs_dir: str | Path
 ) -> list[Path]:
     """The working folders of ablation rows named ``"Table N:label"`` (``ValueError`` for an unknown one)."""
-    known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
-    folders = []
-    for spec in specs:
-        if spec not in known:
-            raise ValueError(f"unknown row {spec!r}; known rows: {', '.join(known)}")
-        folders.append(Path(runs_dir) / config_hash(resolve(profile, known[spec], seed, data_root)))
-    return folders
+    return [Path(runs_dir) / name for name, _ in _row_configs(profile, data_root, specs, seed)]
+
+
+def _row_configs(
+    profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(configuration hash, resolved configuration) of each row named ``"Table N:label"``, in order."""
+    specs, known = list(specs), {f"{r.table}:{r.label}": r for r in ablation_rows()}
+    unknown = [spec for spec in specs if spec not in known]
+    if unknown:
+        raise ValueError(f"unknown row {unknown[0]!r}; known rows: {', '.join(known)}")
+    cfgs = [resolve(profile, known[spec], seed, data_root) for spec in specs]
+    return [(config_hash(cfg), cfg) for cfg in cfgs]
 
 
 #: How far a run trained again on another CPU may land from its record (mAP and rank-1, absolute):
@@ -357,9 +363,8 @@ def trained_run_folders(
     on the same CPU model, and lie within :data:`RETRAIN_TOLERANCE` otherwise (``RuntimeError``: the
     weights would not stand for the recorded run)."""
     results = Path(results_folder(profile) if results_dir is None else results_dir)
-    folders = row_run_folders(profile, data_root, specs, seed, runs_dir)
-    known = {f"{r.table}:{r.label}": r for r in ablation_rows()}
-    cfgs = {f.name: resolve(profile, known[spec], seed, data_root) for f, spec in zip(folders, specs, strict=True)}
+    named = _row_configs(profile, data_root, specs, seed)
+    cfgs, folders = dict(named), [Path(runs_dir) / name for name, _ in named]
     missing = [f for f in folders if not (f / CHECKPOINT).is_file() or not (f / "metrics.json").is_file()]
     unrecorded = [f.name for f in folders if recorded_run(results, cfgs[f.name]) is None]
     if unrecorded:

@@ -433,7 +433,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     merged = _read_profile(Path(path)) if path is not None else OmegaConf.create({})
     for item in overrides:
         merged = _merge(merged, _override(item), f"override '{item}'")
-    cfg = OmegaConf.to_container(merged, resolve=False)
+    try:  # interpolations such as ``data.val_seed=${seed}`` (one validation fold per seed) resolve here
+        cfg = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path or 'configuration'}: {str(exc).splitlines()[0]}") from None
     assert isinstance(cfg, dict)
     return RunSections.from_config({str(k): v for k, v in cfg.items()}).config
 

@@ -4,6 +4,7 @@ split, the dead-head rule, the grid's read-outs. Fast: no training beyond a smok
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -95,6 +96,18 @@ def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
     assert abs(len(people) - len({pid for _, pid, _ in test.gallery})) <= 5
     assert not {pid for _, pid, _ in val.query} & {pid for _, pid, _ in test.query}
     assert val.num_train_pids == 200 and math.isclose(decide_mod.split_of(CPU, root)[1], math.log(200))
+
+
+def test_each_decision_seed_holds_out_its_own_fold_of_whole_groups():
+    root = ROOT / "data" / "synthetic"
+    groups = load_dataset("synthetic", root).look_alike_groups
+    held = []
+    for seed in decide_mod.SEEDS:
+        cfg = load_config(CPU, [f"data.root={root}", *decide_mod.VALIDATION, f"seed={seed}"])
+        assert cfg["data"]["val_seed"] == seed  # resolved before hashing: seed 0 keeps its recorded runs
+        held.append(set(build_dataset(RunSections.from_config(cfg).data).held_out_pids))
+        assert all(set(g) <= held[-1] or not set(g) & held[-1] for g in groups)  # groups kept whole
+    assert len(held) == 3 and all(a != b for a, b in itertools.combinations(held, 2))
 
 
 def test_each_profile_and_data_set_records_its_grid_in_its_own_folder():

@@ -28,14 +28,16 @@ from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.record import run_record
 from canlib.model import CAN
 
-#: The splits the control is measured on: the test split, and 50 held-out training identities
-#: drawn as the decision runs draw them (``ids``) and as issue 21 proposes (whole look-alike groups,
-#: with distractors in the test gallery's proportion).
+#: The validation folds of the decision runs (:data:`canlib.lab.decide.VALIDATION`: seed s draws fold s).
+FOLDS = range(5)
+#: The splits the control is measured on: the test split; 50 held-out training identities drawn as
+#: the first decisions drew them (``ids``) and with distractors from training; and five folds of the
+#: decisions' split (whole look-alike groups, 200 new gallery people), of which seeds 0-2 use 0-2.
 SPLITS: dict[str, dict[str, Any] | None] = {
     "test": None,
     "validation (ids)": {"num_ids": 50, "seed": 0},
     "validation (groups, distractors)": {"num_ids": 50, "seed": 0, "groups": True, "like_test_gallery": True},
-    "validation (groups, 200 gallery people)": {"num_ids": 50, "seed": 0, "groups": True, "gallery_ids": 200},
+    **{f"validation fold {k}": {"num_ids": 50, "seed": k, "groups": True, "gallery_ids": 200} for k in FOLDS},
 }
 
 

@@ -26,7 +26,7 @@ from canlib.engine.checkpoint import checkpoint_path, load_checkpoint
 from canlib.engine.trainer import train
 
 #: The folders whose records the digest covers (``ablations-v1`` and ``calibration`` predate it).
-RECORD_DIRS = ("ablations", "ablations-v2", "decisions", "decisions-v2", "pretrained")
+RECORD_DIRS = ("ablations", "ablations-v2", "ablations-v3", "decisions", "decisions-v2", "pretrained")
 #: The short schedule (``data.p``/``data.val_ids`` are scaled to the tiny set in :func:`short_config`).
 _STEPS = ("seed=0", "optim.epochs=2", "optim.milestones=[1]", "train.max_batches_per_epoch=2")
 SHORT = (*_STEPS, "train.eval_every=0", "train.progress=false", "data.num_workers=0")

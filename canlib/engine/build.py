@@ -63,12 +63,22 @@ def build_dataset(data: DataSection) -> ReIDDataset:
         raise ValueError("no data root: pass --data-root DIR (or set data.root in the profile)")
     dataset = load_dataset(data.dataset, data.root, **data.options)
     if data.val_ids > 0:  # decide on validation: the test split is never read
-        groups = dataset.look_alike_groups if data.val_groups else None
-        if data.val_groups and not groups:
-            raise ConfigError(f"data.val_groups: {data.dataset} names no look-alike groups")
-        extra = _gallery_identities(data) if data.val_gallery_ids else ()
-        dataset = hold_out_validation(dataset, data.val_ids, data.val_seed, groups=groups, extra_gallery=extra)
+        dataset = validation_split(dataset, data)
     return dataset
+
+
+def validation_split(dataset: ReIDDataset, data: DataSection, like_test_gallery: bool = False) -> ReIDDataset:
+    """``dataset``'s validation split as ``data.val_*`` describe it: ``data.val_ids`` training
+    identities held out (whole look-alike groups with ``data.val_groups``), drawn by
+    ``data.val_seed``, with ``data.val_gallery_ids`` new gallery-only people of the synthetic set;
+    ``like_test_gallery``: see :func:`canlib.data.split.hold_out_validation`."""
+    groups = dataset.look_alike_groups if data.val_groups else None
+    if data.val_groups and not groups:
+        raise ConfigError(f"data.val_groups: {data.dataset} names no look-alike groups")
+    extra = _gallery_identities(data) if data.val_gallery_ids else ()
+    return hold_out_validation(
+        dataset, data.val_ids, data.val_seed, groups=groups, like_test_gallery=like_test_gallery, extra_gallery=extra
+    )
 
 
 def _gallery_identities(data: DataSection) -> list[tuple[str, int, int]]:

@@ -18,12 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from canlib.config import RunSections
+from canlib.config import DataSection, RunSections
 from canlib.data import build_test_loaders, load_dataset
 from canlib.data.base import ReIDDataset
-from canlib.data.split import hold_out_validation
-from canlib.data.synthetic import gallery_identities
-from canlib.engine.build import build_model
+from canlib.engine.build import build_model, validation_split
 from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.record import run_record
 from canlib.model import CAN
@@ -55,15 +53,17 @@ class TrunkDescriptor(nn.Module):
         return branch.global_pool(self.model.feature_maps(x)[name]).flatten(1)
 
 
-def _split(dataset: ReIDDataset, spec: Mapping[str, Any] | None, root: str) -> ReIDDataset:
+def _split(dataset: ReIDDataset, spec: Mapping[str, Any] | None, data: DataSection) -> ReIDDataset:
     if spec is None:
         return dataset
-    groups = dataset.look_alike_groups if spec.get("groups") else None
-    like_test = bool(spec.get("like_test_gallery"))
-    extra = gallery_identities(root, spec["gallery_ids"]) if spec.get("gallery_ids") else ()
-    return hold_out_validation(
-        dataset, spec["num_ids"], spec["seed"], groups=groups, like_test_gallery=like_test, extra_gallery=extra
+    section = dataclasses.replace(
+        data,
+        val_ids=spec["num_ids"],
+        val_seed=spec["seed"],
+        val_groups=bool(spec.get("groups")),
+        val_gallery_ids=spec.get("gallery_ids", 0),
     )
+    return validation_split(dataset, section, like_test_gallery=bool(spec.get("like_test_gallery")))
 
 
 def trunk_only(
@@ -77,7 +77,7 @@ def trunk_only(
     trunk = TrunkDescriptor(build_model(model_section, full.num_train_pids)).eval()
     results = {}
     for name, spec in splits.items():
-        data = _split(full, spec, str(run.data.root))
+        data = _split(full, spec, run.data)
         d = run.data
         query, gallery = build_test_loaders(data, d.height, d.width, d.test_batch_size, d.num_workers, d.normalize)
         metrics = evaluate_model(trunk, query, gallery, torch.device(device), **evaluation_options(run.eval))

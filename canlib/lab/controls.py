@@ -76,9 +76,9 @@ def trunk_only(
     torch.manual_seed(run.seed)
     trunk = TrunkDescriptor(build_model(model_section, full.num_train_pids)).eval()
     results = {}
+    d = run.data
     for name, spec in splits.items():
-        data = _split(full, spec, run.data)
-        d = run.data
+        data = _split(full, spec, d)
         query, gallery = build_test_loaders(data, d.height, d.width, d.test_batch_size, d.num_workers, d.normalize)
         metrics = evaluate_model(trunk, query, gallery, torch.device(device), **evaluation_options(run.eval))
         results[name] = {"split": spec, **{k: v for k, v in metrics.items() if k != "cmc"}}

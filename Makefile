@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest controls gpu-check sanity clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls gpu-check sanity clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -31,6 +31,7 @@ help:
 	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
 	@echo "make controls    the pre-trained trunk alone on test and validation (results/controls)"
 	@echo "make digest      rewrite results/training-digest.json (after recording runs; tests/test_digest.py checks it)"
+	@echo "make digest-check  recompute the digest here and compare (adds this machine kind to its seen_on)"
 	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
 	@echo "make weights     export the seed-0 models the results chapter shows (after make ablations)"
 	@echo "make benchmarks  evaluator, data and throughput benchmarks"
@@ -61,8 +62,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Both cores: two pytest-xdist workers of one torch thread each (tests/conftest.py); the digest's
+# configurations are spread over both in shards.
 unit: $(STAMP) data
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n 2 --dist worksteal
 
 nbval: $(STAMP) data
 	@if [ -n "$(CHAPTERS)" ]; then \
@@ -99,9 +102,14 @@ ablations: $(STAMP) data
 decide: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
 	$(BIN)/python -m canlib decide --config $(PROFILE_FILE) --data-root $(DATA_ROOT) --jobs $(JOBS) --device $(DEVICE)
 
-# One SHA-256 per configuration the records use, of a short bit-exact training (canlib.lab.digest).
+# One SHA-256 and one behaviour fingerprint per configuration the records use, of a short training
+# with the CPU kernels pinned (canlib.lab.digest). digest-check recomputes and compares them, and
+# adds this machine's kind to the file's seen_on when every bit agrees.
 digest: $(STAMP)
 	$(BIN)/python -m canlib digest
+
+digest-check: $(STAMP)
+	$(BIN)/python -m canlib digest --check
 
 # The proxy's control (issue 21): the pre-trained trunk alone, no fine-tuning, on the test split and
 # on validation splits drawn as the decisions draw them (results/controls/trunk-only.json).
@@ -145,7 +153,7 @@ pretrain: $(STAMP)
 # the grid's working folders (runs/ablations/cpu-synthetic, with checkpoints) into
 # results/weights/<hash>.pt. A recorded run without its checkpoint (a fresh clone) is trained again
 # (--train-missing; ~5 minutes for the three) and must give its record's metrics: exactly on the
-# CPU model that trained the record, within 0.01 mAP and rank-1 on another.
+# CPU kind (model and vector capability) that trained the record, within 0.01 mAP and rank-1 on another.
 weights: $(STAMP) data
 	$(BIN)/python -m canlib export --config configs/cpu.yaml --data-root $(DATA_ROOT) --seed 0 \
 	  --runs runs/ablations/cpu-synthetic --train-missing \

@@ -286,7 +286,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--train-missing",
         action="store_true",
         help="with --row: train again (CPU) a recorded run whose working folder has no checkpoint; "
-        "its metrics must equal its record's on the same CPU model, within grid.RETRAIN_TOLERANCE on another",
+        "its metrics must equal its record's on the same CPU kind (model and capability), "
+        "within grid.RETRAIN_TOLERANCE on another",
     )
     p.add_argument("--out", help="output file (one run only)")
     p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
@@ -571,6 +572,14 @@ def _add_export_trunk(sub: argparse._SubParsersAction) -> None:
 
 @_reports_user_errors
 def _digest(args: argparse.Namespace) -> int:
+    if args.check:
+        failed = digest.check_digest(args.out, args.results)
+        for name, why in failed.items():
+            log.error("%s trains differently now: %s", name, "; ".join(why[:5]))
+        if failed:
+            return EXIT_CHECK_FAILED
+        log.info("every recorded configuration trains as before (%s; seen on %s)", args.out, digest.machine_kind())
+        return 0
     data = digest.write_digest(args.results, args.out)
     log.info("training digest of %d configurations written (%s)", len(data["digests"]), args.out)
     return 0
@@ -584,7 +593,12 @@ def _add_digest(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--results", default="results", help="the folder of recorded runs")
-    p.add_argument("--out", default="results/training-digest.json", help="the digest file to write")
+    p.add_argument("--out", default="results/training-digest.json", help="the digest file to write (or check)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="recompute and compare instead of writing; on success, add this machine to the file's seen_on",
+    )
     p.set_defaults(func=_digest)
 
 

@@ -154,15 +154,17 @@ def test_judge_claims_without_records_or_with_one_seed():
 
 
 def test_a_run_trained_again_must_match_its_record(tmp_path):
-    # exactly on the CPU model that trained the record; within RETRAIN_TOLERANCE on another
+    # exactly on the CPU kind (model and vector capability) that trained the record; within
+    # RETRAIN_TOLERANCE on another, and on a record that does not name its capability
     from canlib.lab.grid import RETRAIN_TOLERANCE, _check_against_record
 
-    def run(name, cpu, m_ap):
+    def run(name, cpu, m_ap, capability="AVX2"):
         folder = tmp_path / name
         folder.mkdir()
         metrics = dict.fromkeys(ablation.METRIC_KEYS, 0.5) | {"mAP": m_ap}
+        machine = {"cpu": cpu} | ({"cpu_capability": capability} if capability else {})
+        (folder / "run.json").write_text(json.dumps({"machine": machine}))
         (folder / "metrics.json").write_text(json.dumps(metrics))
-        (folder / "run.json").write_text(json.dumps({"machine": {"cpu": cpu}}))
         return folder
 
     record = run("record", "AMD EPYC", 0.70)
@@ -172,3 +174,6 @@ def test_a_run_trained_again_must_match_its_record(tmp_path):
     _check_against_record(run("other", "Intel Xeon", 0.70 + RETRAIN_TOLERANCE / 2), record)
     with pytest.raises(RuntimeError, match="differs from its record"):
         _check_against_record(run("other-off", "Intel Xeon", 0.70 + 2 * RETRAIN_TOLERANCE), record)
+    # one model name, two capabilities (AMD EPYC parts with and without AVX-512): not the same kind
+    _check_against_record(run("avx512", "AMD EPYC", 0.7001, "AVX512"), record)
+    _check_against_record(run("unknown", "AMD EPYC", 0.7001), run("old-record", "AMD EPYC", 0.70, None))

@@ -24,6 +24,7 @@ from canlib.config import (
     TrainSection,
     config_hash,
     config_value,
+    dump_config,
     flatten_config,
     load_config,
 )
@@ -65,9 +66,13 @@ def test_dataset_variants_inherit_the_recipe(name):
     assert cfg["optim"] == base["optim"] and cfg["model"] == base["model"] and cfg["loss"] == base["loss"]
 
 
-def test_every_profile_loads():
-    for path in CONFIGS.glob("*.yaml"):
-        load_config(path)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_profile_loads_validates_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    sections = RunSections.from_config(cfg)  # every section typed and range-checked
+    assert sections.data.dataset and cfg["profile"] in ("paper", "cpu", "smoke", "pretrain", "bot")
+    dump_config(cfg, tmp_path / "config.yaml")  # what a run folder records loads back to the same run
+    assert config_hash(load_config(tmp_path / "config.yaml")) == config_hash(cfg)
 
 
 def test_overrides_parse_yaml_values():

@@ -203,9 +203,9 @@ def test_unknown_name_and_env_root(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cuhk03_converter(tmp_path: Path) -> None:
-    h5py = pytest.importorskip("h5py")
-    scipy_io = pytest.importorskip("scipy.io")
+    import h5py
     import numpy as np
+    import scipy.io as scipy_io
 
     from canlib.data.cuhk03 import convert_cuhk03_np
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +53,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"  # join the parent's store, as torchrun's workers do
     torch.set_num_threads(1)
     data, out_dir = Path(root), Path(out)
     step = _first_step(Trainer.from_config(_cfg(data, "train.sync_bn=true"), out_dir / "step", device="cpu"))
@@ -64,16 +64,14 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_data), str(out)), nprocs=2, join=True)
+    # The parent holds the rendezvous store on a port the kernel picked, for as long as the workers run
+    # (as torchrun's agent does): no port is chosen, released and hoped for.
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(2, store.port, str(tiny_data), str(out)), nprocs=2, join=True)
+    del store
     return out
 
 

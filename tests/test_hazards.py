@@ -141,33 +141,46 @@ def test_a_second_command_on_a_folder_in_use_is_refused_naming_the_holder(tiny_d
     assert cli.main(_train_args(tiny_data, run, "--resume", *TINY, "optim.epochs=2")) == 0  # the lock went with it
 
 
+def _paused_after_first_checkpoint(proc: subprocess.Popen, run: Path, deadline_s: float = 120.0) -> None:
+    """Wait, within a deadline, until the training ``proc`` has written its first checkpoint, then
+    stop it (SIGSTOP): a stopped process keeps its lock and cannot finish before the test goes on."""
+    deadline = time.monotonic() + deadline_s
+    while not (run / "checkpoints" / "last.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the training wrote no checkpoint within {deadline_s:.0f} s (exit {proc.poll()})")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGSTOP)
+
+
 @pytest.mark.parametrize("second", ["train", "resume", "evaluate"])
 def test_a_command_meeting_a_training_is_refused_and_the_training_finishes_intact(tiny_data, tmp_path, second):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=150")]
+    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=20")]
     first = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    while not (run / "checkpoints" / "last.pt").exists() and first.poll() is None:  # training, lock held
-        time.sleep(0.05)
+    _paused_after_first_checkpoint(first, run)  # training, lock held, and it cannot finish meanwhile
     other = {
         "train": argv,
         "resume": [*argv, "--resume"],
         "evaluate": [sys.executable, "-m", "canlib", "evaluate", "--run", str(run), "--device", "cpu"],
     }[second]
-    refused = subprocess.run(other, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    try:
+        refused = subprocess.run(other, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     _, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
     assert refused.returncode == cli.EXIT_BAD_INPUT and f"in use by pid {first.pid} " in refused.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 151)) and (run / "metrics.json").is_file()
+    assert epochs == list(range(1, 21)) and (run / "metrics.json").is_file()
     assert not (run / "evaluations").exists()
 
 
 def test_a_killed_training_leaves_no_lock_in_the_way_of_resume(tiny_data, tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=400")]
+    argv = [sys.executable, "-m", "canlib", *_train_args(tiny_data, run, *TINY, "optim.epochs=20")]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None:
-        time.sleep(0.05)
+    _paused_after_first_checkpoint(proc, run)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "metrics.json").exists()
@@ -219,7 +232,8 @@ def test_a_tampered_pretrained_file_gets_canlibs_refusal(tiny_data, tmp_path, ca
         def __reduce__(self):
             return (print, ("code ran",))
 
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.save({"conv1.weight": Marker()}, tmp_path / "trunk.pt")
     argv = [*_train_args(tiny_data, tmp_path / "run"), *TINY, f"model.pretrained={tmp_path / 'trunk.pt'}"]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT

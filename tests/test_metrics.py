@@ -95,8 +95,11 @@ def test_market_like_problem_shape_and_difficulty():
     again = make_market_like(num_query=120, num_gallery=900, num_ids=60, num_cams=6, seed=3)
     assert all(np.array_equal(p[k], again[k]) for k in p)  # seeded
     ids = (p["q_pids"], p["g_pids"], p["q_camids"], p["g_camids"])
-    result = evaluate(pairwise_distance(p["qf"], p["gf"]), *ids)
-    assert 0.2 < result["mAP"] < 0.95  # an imperfect "model": neither chance nor perfect
+    dist = pairwise_distance(p["qf"], p["gf"])
+    result = evaluate(dist, *ids)
+    # an imperfect "model", pinned: the seeded problem's mAP as the loop-per-query reference scores it
+    assert result["mAP"] == pytest.approx(reference_evaluate(np.asarray(dist), *ids)["mAP"], abs=1e-12)
+    assert result["mAP"] == pytest.approx(0.8306, abs=1e-4) and result["num_valid_queries"] == 119
 
 
 def test_per_query_outputs():
@@ -340,6 +343,22 @@ def test_rerank_shapes_lambda_one_and_changes_ranking():
         k_reciprocal_rerank(qg, gg, qq)
 
 
+def test_rerank_on_a_hand_checked_line_of_three_points():
+    """q=0, g1=1, g2=3 on a line (d(g1, g2) = 2), k1=2: R(q) = {q, g1}, R(g1) = {g1, q}, R(g2) = {g2}
+    (g2's nearest other point, g1, has q nearer); R(p, 1) = {p}, so R* = R. V_q = (1, 1/e, 0),
+    V_g1 = (1/e, 1, 0), V_g2 = (0, 0, 1), and with lambda = 0.3:
+    * k2=1: d_J(q, g1) = 1 - 2/e / 2, d_J(q, g2) = 1;
+    * k2=2: V_q = V_g1 = (a, a, 0) with a = (1 + 1/e) / 2, V_g2 = (1/(2e), 1/2, 1/2), so
+      d_J(q, g1) = 0 and d_J(q, g2) = 1 - (1/2 + 1/(2e)) / (2a + 1/2)."""
+    qg, qq, gg = np.array([[1.0, 3.0]]), np.zeros((1, 1)), np.array([[0.0, 2.0], [2.0, 0.0]])
+    e, lam = np.e, 0.3
+    k2_one = [(1 - lam) * (1 - 1 / e) + lam * 1.0, (1 - lam) * 1.0 + lam * 3.0]
+    np.testing.assert_allclose(k_reciprocal_rerank(qg, qq, gg, k1=2, k2=1, lambda_value=lam), [k2_one], rtol=1e-12)
+    a = (1 + 1 / e) / 2
+    k2_two = [lam * 1.0, (1 - lam) * (1 - (0.5 + 0.5 / e) / (2 * a + 0.5)) + lam * 3.0]
+    np.testing.assert_allclose(k_reciprocal_rerank(qg, qq, gg, k1=2, k2=2, lambda_value=lam), [k2_two], rtol=1e-12)
+
+
 def test_evaluate_features_with_rerank_runs():
     rng = np.random.default_rng(1)
     q_pids, g_pids = rng.integers(1, 5, 10), rng.integers(1, 5, 30)
@@ -347,4 +366,8 @@ def test_evaluate_features_with_rerank_runs():
     r = evaluate_features(
         qf, gf, q_pids, g_pids, np.zeros(10), np.ones(30), rerank=True, rerank_kwargs={"k1": 5, "k2": 2}
     )
-    assert r["rerank"] is True and 0 <= r["mAP"] <= 1
+    qg = pairwise_distance(qf, gf)
+    reranked = k_reciprocal_rerank(qg, pairwise_distance(qf, qf), pairwise_distance(gf, gf), k1=5, k2=2)
+    direct = evaluate(reranked, q_pids, g_pids, np.zeros(10), np.ones(30))
+    assert r["rerank"] is True and r["mAP"] == pytest.approx(direct["mAP"], abs=1e-12)
+    assert r["mAP"] != pytest.approx(evaluate(qg, q_pids, g_pids, np.zeros(10), np.ones(30))["mAP"], abs=1e-6)

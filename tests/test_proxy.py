@@ -104,8 +104,7 @@ def test_the_committed_trunk_loads_and_its_identities_are_not_the_evaluation_set
 
     cfg = load_config(CPU)
     weights = ROOT / cfg["model"]["pretrained"]
-    if not weights.is_file():
-        pytest.skip("no pre-trained trunk committed yet (make pretrain)")
+    assert weights.is_file(), f"{weights} is committed with the records: restore it (git checkout) or run make pretrain"
     model = build_model(
         RunSections.from_config(cfg).model, 10
     )  # loads the trunk through model.pretrained (strict key and shape checks)
@@ -182,8 +181,8 @@ def test_a_stage_sees_the_later_stages_defaults_whatever_the_profile_holds():
     assert decide_mod.pending_defaults(stages, len(stages) - 1) == []
 
 
-def test_a_group_aware_validation_split_holds_out_whole_look_alike_groups():
-    full = load_dataset("synthetic", ROOT / "data" / "synthetic")
+def test_a_group_aware_validation_split_holds_out_whole_look_alike_groups(book_data):
+    full = load_dataset("synthetic", book_data)
     groups = full.look_alike_groups
     train_raw = set(full.pid_map)
     in_train = [g for g in groups if set(g) <= train_raw]
@@ -198,8 +197,8 @@ def test_a_group_aware_validation_split_holds_out_whole_look_alike_groups():
     assert hold_out_validation(full, 50, seed=0).held_out_pids == hold_out_validation(full, 50, 0).held_out_pids
 
 
-def test_a_validation_gallery_like_the_test_gallery_has_its_share_of_distractors():
-    full = load_dataset("synthetic", ROOT / "data" / "synthetic")
+def test_a_validation_gallery_like_the_test_gallery_has_its_share_of_distractors(book_data):
+    full = load_dataset("synthetic", book_data)
     test_share = sum(pid == 0 for _, pid, _ in full.gallery) / len(full.gallery)
     split = hold_out_validation(full, 50, seed=0, groups=full.look_alike_groups, like_test_gallery=True)
     share = sum(pid == 0 for _, pid, _ in split.gallery) / len(split.gallery)

@@ -87,8 +87,8 @@ def test_gallery_identities_are_new_people_filmed_by_the_sets_cameras(tiny_data)
     assert not digests(extra) & digests(full.gallery)  # not copies of the test gallery's distractors
 
 
-def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
-    root = ROOT / "data" / "synthetic"
+def test_the_decision_split_holds_as_many_people_as_the_test_gallery(book_data):
+    root = book_data
     cfg = load_config(CPU, [f"data.root={root}", *decide_mod.VALIDATION])
     val = build_dataset(RunSections.from_config(cfg).data)
     test = load_dataset("synthetic", root)
@@ -98,8 +98,8 @@ def test_the_decision_split_holds_as_many_people_as_the_test_gallery():
     assert val.num_train_pids == 200 and math.isclose(decide_mod.split_of(CPU, root)[1], math.log(200))
 
 
-def test_each_decision_seed_holds_out_its_own_fold_of_whole_groups():
-    root = ROOT / "data" / "synthetic"
+def test_each_decision_seed_holds_out_its_own_fold_of_whole_groups(book_data):
+    root = book_data
     groups = load_dataset("synthetic", root).look_alike_groups
     held = []
     for seed in decide_mod.SEEDS:

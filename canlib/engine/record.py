@@ -50,6 +50,7 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
         "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:8],
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -130,7 +130,7 @@ def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
         for r, v in rows.items()
     }
     judged = judge_claims(_records(copy))
-    assert (judged["paper holds?"] == "yes").all() and (judged["proxy holds?"] == "yes").all()
+    assert (judged["paper agrees?"] == "yes").all() and (judged["verdict"] == "holds").all()
     assert (judged["min seeds"] == 3).all() and (judged["min t"] > 3).all()
     assert judged.loc[0, "proxy mAP %"] == "86.6 vs 83.9"
 
@@ -139,18 +139,19 @@ def test_paper_claims_hold_on_the_papers_numbers_and_are_judged_from_records():
     copy[("Table 4", t4[0])], copy[("Table 4", t4[1])] = copy[("Table 4", t4[1])], copy[("Table 4", t4[0])]
     judged = judge_claims(_records(copy)).set_index("claim")
     triplet = next(c.text for c in claims if "triplet loss helps" in c.text)
-    assert judged.loc[triplet, "proxy holds?"] == "no" and judged.loc[triplet, "min t"] < -3
+    assert judged.loc[triplet, "verdict"] == "contradicted" and judged.loc[triplet, "min t"] < -3
     assert (
-        judged.drop(index=[triplet, next(c.text for c in claims if "center loss" in c.text)])["proxy holds?"] == "yes"
+        judged.drop(index=[triplet, next(c.text for c in claims if "center loss" in c.text)])["verdict"] == "holds"
     ).all()
 
 
 def test_judge_claims_without_records_or_with_one_seed():
     empty = judge_claims([])
-    assert (empty["proxy holds?"] == "not run").all() and (empty["min seeds"] == 0).all()
+    assert (empty["verdict"] == "not run").all() and (empty["min seeds"] == 0).all()
     one = judge_claims(_records({("Table 2", "Part-1,2,3"): [0.5], ("Table 2", "Part-1,3,5,7,9"): [0.4]}))
-    assert one.loc[0, "proxy holds?"] == "yes" and one.loc[0, "min t"] != one.loc[0, "min t"]  # NaN: one seed
-    assert (one.loc[1:, "proxy holds?"] == "not run").all()
+    assert one.loc[0, "means agree?"] == "yes" and one.loc[0, "verdict"] == "inconclusive"  # one seed: no interval
+    assert one.loc[0, "min t"] != one.loc[0, "min t"]  # NaN
+    assert (one.loc[1:, "verdict"] == "not run").all()
 
 
 def test_a_run_trained_again_must_match_its_record(tmp_path):

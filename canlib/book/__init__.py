@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from canlib.lab.analysis import CLEAR_T, count_verdicts, verdict_kind
+from canlib.lab.analysis import CONFIDENCE, count_verdicts
 
 __all__ = ["claim_verdict", "claims_table", "claims_tally", "glue_figure", "glue_table", "markdown_table"]
 
@@ -117,22 +117,20 @@ def glue_figure(name: str, fig: Any) -> None:
     plt.close(fig)
 
 
-#: Colours of a claim's verdict (GitHub's palette, readable on a white page), by strength: dark green
-#: and dark red when clear of seed noise, olive and orange when only the means go that way.
+#: Colours of a claim's verdict (:data:`canlib.lab.analysis.VERDICTS`; GitHub's palette, readable on a
+#: white page): green and red for a sign the interval resolves, grey for a tie and for no runs.
 VERDICT_COLOURS = {
-    "clear for": "#1a7f37",
-    "for": "#4d7c0f",
-    "against": "#bc4c00",
-    "clear against": "#cf222e",
-    "not run": "#6e7781",
+    "holds": "#1a7f37",
+    "contradicted": "#cf222e",
+    "inconclusive": "#57606a",
+    "not run": "#8c959f",
 }
 
-#: The words of each verdict kind (:data:`canlib.lab.analysis.VERDICT_KINDS`), for one claim and for a count.
+#: The words of each verdict, for one claim and for a count.
 VERDICT_WORDS = {
-    "clear for": ("✅ holds, clear of seed noise", "hold clear of seed noise"),
-    "for": ("✅ holds on the means, within seed noise", "hold on the means, within seed noise"),
-    "against": ("❌ contradicted on the means, within seed noise", "contradicted on the means, within seed noise"),
-    "clear against": ("❌ contradicted, clear of seed noise", "contradicted clear of seed noise"),
+    "holds": ("✅ holds", "hold"),
+    "contradicted": ("❌ contradicted", "contradicted"),
+    "inconclusive": ("\N{WHITE QUESTION MARK ORNAMENT} inconclusive", "inconclusive"),
     "not run": ("\N{EN DASH} not run yet", "not run yet"),
 }
 
@@ -141,26 +139,16 @@ def _coloured(kind: str, text: str) -> str:
     return f'<span style="color:{VERDICT_COLOURS[kind]}">{text}</span>'
 
 
-def claim_verdict(holds: str, t: float, clear: float = CLEAR_T) -> str:
-    """A claim's verdict as coloured inline HTML, from ``holds`` ("yes", "no", "not run") and its min Welch t.
-
-    Words and colour tell "on the means, within seed noise" (``|t| < clear``) from "clear of seed noise"
-    (:func:`canlib.lab.analysis.verdict_kind`); with ``t`` NaN (one seed) the noise is not measured.
-    """
-    kind = verdict_kind(holds, t, clear)
-    text = VERDICT_WORDS[kind][0]
-    if kind in ("for", "against") and math.isnan(t):
-        text = text.replace("within seed noise", "seed noise not measured")
-    return _coloured(kind, text)
+def claim_verdict(verdict: str) -> str:
+    """A claim's verdict (:data:`canlib.lab.analysis.VERDICTS`) as coloured inline HTML."""
+    return _coloured(verdict, VERDICT_WORDS[verdict][0])
 
 
-def claims_tally(judged: pd.DataFrame, clear: float = CLEAR_T, html: bool = True) -> str:
-    """The count of a :func:`canlib.lab.analysis.judge_claims` frame's verdicts, in words (and colour if ``html``).
-
-    Every kind with at least one claim, e.g. "of 8 claims: 2 hold clear of seed noise, 1 hold on the means,
-    within seed noise, ...", or "not run yet" when no claim was run.
-    """
-    counts = count_verdicts(judged, clear)
+def claims_tally(judged: pd.DataFrame, html: bool = True) -> str:
+    """The count of a :func:`canlib.lab.analysis.judge_claims` frame's verdicts, in words (and colour
+    if ``html``): e.g. "of 8 claims run (...): 3 hold; 1 contradicted; 4 inconclusive", or "not run
+    yet" when no claim was run."""
+    counts = count_verdicts(judged)
     run = len(judged) - counts["not run"]
     if run == 0:
         return "not run yet"
@@ -168,32 +156,39 @@ def claims_tally(judged: pd.DataFrame, clear: float = CLEAR_T, html: bool = True
     for kind, n in counts.items():
         if n and kind != "not run":
             words = VERDICT_WORDS[kind][1]
-            text = f"{n} " + ("holds" + words[4:] if n == 1 and words.startswith("hold ") else words)
+            text = f"{n} " + ("holds" if (n, words) == (1, "hold") else words)
             parts.append(_coloured(kind, text) if html else text)
-    head = f"of {run} claims run (|t| ≥ {clear:g} counts as clear)"
+    head = f"of {run} claims run ({100 * CONFIDENCE:.0f} % Welch interval on each difference)"
     return f"{head}: " + "; ".join(parts)
 
 
-def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame], clear: float = CLEAR_T) -> pd.DataFrame:
+def _difference(d: float, lo: float, hi: float) -> str:
+    if math.isnan(d):
+        return "-"
+    return f"{d:+.1f} (one seed)" if math.isnan(lo) else f"{d:+.1f} ({lo:+.1f}, {hi:+.1f})"
+
+
+def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The verdicts of :func:`canlib.lab.analysis.judge_claims`, ready for :func:`glue_table`.
 
     ``claims``: one ``judge_claims`` frame, or ``{grid label: frame}`` for several grids judged
     on the same claims (e.g. ``{"before": ..., "now": ...}``). Returns one row per claim (index
-    ``claim``) with the paper's mAP, then per grid its mAP, min t (NaN: fewer than two seeds or
-    not run), seeds and verdict (:func:`claim_verdict`). Format with
-    ``{"min t": ".1f", "seeds": "d"}`` (prefixed by the grid's label for several grids).
+    ``claim``) with the paper's mAP, then per grid its mAP, the deciding difference with its interval
+    (``Δ (95 % CI)``, points), seeds and verdict (:func:`claim_verdict`). Format the seeds with
+    ``{"seeds": "d"}`` (prefixed by the grid's label for several grids).
     """
     grids = {"": claims} if isinstance(claims, pd.DataFrame) else dict(claims)
     first = next(iter(grids.values()))
     out = pd.DataFrame({"paper mAP %": first["paper mAP %"].to_numpy()}, index=pd.Index(first["claim"], name="claim"))
+    ci = f"Δ ({100 * CONFIDENCE:.0f} % CI)"
     for label, frame in grids.items():
         if list(frame["claim"]) != list(first["claim"]):
             raise ValueError(f"claims_table: grid {label!r} judges other claims than the first grid")
         prefix = f"{label}: " if label else ""
         out[f"{prefix}mAP %"] = frame["proxy mAP %"].to_numpy()
-        out[f"{prefix}min t"] = frame["min t"].to_numpy(dtype=float)
-        out[f"{prefix}seeds"] = frame["min seeds"].to_numpy(dtype=int)
-        out[f"{prefix}verdict"] = [
-            claim_verdict(h, t, clear) for h, t in zip(frame["proxy holds?"], frame["min t"], strict=True)
+        out[f"{prefix}{ci}"] = [
+            _difference(d, lo, hi) for d, lo, hi in zip(frame["Δ %"], frame["CI low"], frame["CI high"], strict=True)
         ]
+        out[f"{prefix}seeds"] = frame["min seeds"].to_numpy(dtype=int)
+        out[f"{prefix}verdict"] = [claim_verdict(v) for v in frame["verdict"]]
     return out

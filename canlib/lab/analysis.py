@@ -3,7 +3,7 @@
 The grid runner (:mod:`canlib.lab.grid`) produces one record per (row, seed): a dict
 with ``table``, ``row``, ``seed`` and the metrics as fractions. This module turns those
 records into the tables the book prints and tests the comparisons the paper's text draws
-(:func:`canlib.paper.paper_claims`) with a Welch statistic over seeds.
+(:func:`canlib.paper.paper_claims`) with a Welch interval over seeds (:data:`VERDICTS`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
+from scipy import stats
 
 from canlib import paper
 
@@ -68,7 +69,59 @@ def welch_t(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, 
     return (mean_a - mean_b) / se if se > 0 else math.nan
 
 
-def _holds(values: Sequence[float], claim: paper.Claim) -> bool:
+def welch_interval(
+    mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Two-sided Welch interval on ``mean_a - mean_b`` (unequal variances, Welch-Satterthwaite degrees
+    of freedom); ``(nan, nan)`` below two seeds on either side. Agrees with
+    ``scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)``."""
+    if min(n_a, n_b) < 2:
+        return math.nan, math.nan
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    diff = mean_a - mean_b
+    if va + vb == 0:
+        return diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * math.sqrt(va + vb)
+    return diff - half, diff + half
+
+
+#: The two-sided confidence of the interval on each difference of row means that a verdict reads.
+CONFIDENCE = 0.95
+
+#: A claim's verdicts, fixed before any claim was judged by them, and why: a difference of two means
+#: over a few seeds can be seed noise, and a tie is evidence for neither side, so only a resolved sign
+#: counts. Each comparison of a claim gets the :data:`CONFIDENCE` Welch interval on its difference
+#: (:func:`welch_interval`: the rows are independent trainings with their own spreads). The claim
+#: *holds* when every interval lies wholly on the claimed side of zero, is *contradicted* when at
+#: least one lies wholly on the other side, and is *inconclusive* otherwise (an interval that
+#: contains zero, or fewer than two seeds on a side); *not run* without records. No correction for
+#: several comparisons: it would make "holds" stricter still and "contradicted" more lenient.
+VERDICTS = ("holds", "contradicted", "inconclusive", "not run")
+
+
+def verdict_of(intervals: Sequence[tuple[float, float]]) -> str:
+    """The verdict of :data:`VERDICTS` from a claim's intervals, each oriented so that the claim
+    asserts a positive difference."""
+    if any(hi < 0 for _, hi in intervals):
+        return "contradicted"
+    if intervals and all(lo > 0 for lo, _ in intervals):
+        return "holds"
+    return "inconclusive"
+
+
+def _deciding(intervals: list[tuple[float, float]], ts: list[float], verdict: str) -> int:
+    """The comparison a table shows for a claim: the most reversed one of a contradicted claim, the
+    weakest one of a claim that holds, and otherwise the one with the smallest t."""
+    order = range(len(intervals))
+    if verdict == "contradicted":
+        return min(order, key=lambda i: intervals[i][1])
+    if verdict == "holds":
+        return min(order, key=lambda i: intervals[i][0])
+    return min(order, key=lambda i: math.inf if math.isnan(ts[i]) else ts[i])
+
+
+def _means_agree(values: Sequence[float], claim: paper.Claim) -> bool:
     if claim.kind == "best":
         return all(values[a] >= values[b] for a, b in claim.comparisons())
     return all(values[a] > values[b] for a, b in claim.comparisons())
@@ -76,67 +129,52 @@ def _holds(values: Sequence[float], claim: paper.Claim) -> bool:
 
 def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict[str, Any]:
     published = [paper.ABLATION_TABLES[t][r][metric] for t, r in claim.rows]
-    have = False  # every row of the claim recorded
-    ours: list[float] = []
-    seeds: list[int] = [0]
-    ts: list[float] = []
-    if summary is not None and all(key in summary.mean.index for key in claim.rows):
-        have = True
-        means = summary.mean[metric].astype(float).to_dict()  # {(table, row): value}
-        stds = summary.std[metric].astype(float).to_dict()
-        counts = summary.seeds.astype(int).to_dict()
-        ours = [means[key] for key in claim.rows]
-        seeds = [counts[key] for key in claim.rows]
-        ts = [
-            welch_t(ours[a], stds[claim.rows[a]], seeds[a], ours[b], stds[claim.rows[b]], seeds[b])
-            for a, b in claim.comparisons()
-        ]
+    row = {"claim": claim.text, "paper agrees?": "yes" if _means_agree(published, claim) else "no"}
+    row["paper mAP %"] = _values(published, claim)
+    if summary is None or not all(key in summary.mean.index for key in claim.rows):
+        nan = math.nan
+        empty = {"means agree?": "not run", "proxy mAP %": "-", "Δ %": nan, "CI low": nan, "CI high": nan}
+        return {**row, **empty, "min t": nan, "min seeds": 0, "verdict": "not run"}
+    mean, std = summary.mean[metric].astype(float), summary.std[metric].astype(float)
+    counts = summary.seeds.astype(int)
+    ours = [mean[key] for key in claim.rows]
+    stats_ab = [
+        (mean[claim.rows[a]], std[claim.rows[a]], counts[claim.rows[a]], mean[claim.rows[b]], std[claim.rows[b]],
+         counts[claim.rows[b]])
+        for a, b in claim.comparisons()
+    ]  # fmt: skip
+    ts = [welch_t(*s) for s in stats_ab]
+    intervals = [welch_interval(*s, confidence=CONFIDENCE) for s in stats_ab]
+    verdict = verdict_of(intervals) if not any(math.isnan(lo) for lo, _ in intervals) else "inconclusive"
+    i = _deciding(intervals, ts, verdict)
     return {
-        "claim": claim.text,
-        "paper holds?": "yes" if _holds(published, claim) else "no",
-        "paper mAP %": _values(published, claim),
-        "proxy holds?": ("yes" if _holds(ours, claim) else "no") if have else "not run",
-        "proxy mAP %": _values(ours, claim) if have else "-",
-        "min t": round(min(ts), 1) if ts and not any(math.isnan(t) for t in ts) else math.nan,
-        "min seeds": min(seeds),
+        **row,
+        "means agree?": "yes" if _means_agree(ours, claim) else "no",
+        "proxy mAP %": _values(ours, claim),
+        "Δ %": stats_ab[i][0] - stats_ab[i][3],
+        "CI low": intervals[i][0],
+        "CI high": intervals[i][1],
+        "min t": round(min(ts), 1) if not any(math.isnan(t) for t in ts) else math.nan,
+        "min seeds": min(int(counts[key]) for key in claim.rows),
+        "verdict": verdict,
     }
 
 
-#: |Welch t| at or above which a claim's ordering counts as clear of seed noise (three seeds per row:
-#: the one-sided 95 % threshold lies between 2.1 and 2.9).
-CLEAR_T = 3.0
-
-#: The strength of a verdict, weakest to strongest on each side; ``count_verdicts`` counts these.
-VERDICT_KINDS = ("clear for", "for", "against", "clear against", "not run")
-
-
-def verdict_kind(holds: str, t: float, clear: float = CLEAR_T) -> str:
-    """One of :data:`VERDICT_KINDS`: which way a claim went on the means (``holds``) and whether ``|t| >= clear``.
-
-    ``"for"`` and ``"against"`` are orderings of the means *within* seed noise (or with noise not measured,
-    ``t`` NaN); only the ``"clear ..."`` kinds are clear of it.
-    """
-    if holds == "not run":
-        return "not run"
-    strong = not math.isnan(t) and abs(t) >= clear
-    return ("clear " if strong else "") + ("for" if holds == "yes" else "against")
-
-
-def count_verdicts(judged: pd.DataFrame, clear: float = CLEAR_T) -> dict[str, int]:
-    """How many claims of a :func:`judge_claims` frame fall in each of :data:`VERDICT_KINDS`."""
-    kinds = [verdict_kind(h, float(t), clear) for h, t in zip(judged["proxy holds?"], judged["min t"], strict=True)]
-    return {kind: kinds.count(kind) for kind in VERDICT_KINDS}
+def count_verdicts(judged: pd.DataFrame) -> dict[str, int]:
+    """How many claims of a :func:`judge_claims` frame fall in each of :data:`VERDICTS`."""
+    verdicts = list(judged["verdict"])
+    return {kind: verdicts.count(kind) for kind in VERDICTS}
 
 
 def judge_claims(
     records: Sequence[dict[str, Any]], claims: Sequence[paper.Claim] | None = None, metric: str = "mAP"
 ) -> pd.DataFrame:
-    """Evaluate each claim on the paper's numbers and on the recorded runs' means.
+    """Judge each claim on the recorded runs (:data:`VERDICTS`), beside whether the paper's own
+    numbers and the proxy's means go the claimed way.
 
-    Besides the verdicts, ``min t`` is the smallest Welch statistic over the claim's
-    comparisons (:func:`welch_t`): negative when a comparison goes the other way, large when
-    the ordering is clear of seed noise (with three seeds per row, about 3 for a one-sided
-    95 % test). It is NaN below two seeds per row.
+    Per claim: ``Δ %`` and ``CI low``/``CI high``, the difference of means (points) of the comparison
+    that decides (:func:`_deciding`) and its :data:`CONFIDENCE` Welch interval; ``min t``, the smallest
+    Welch statistic over the claim's comparisons (negative when one goes the other way); ``verdict``.
     """
     summary = summarize(records) if len(records) else None
     return pd.DataFrame([_judge_one(c, summary, metric) for c in (claims or paper.paper_claims())])

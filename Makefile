@@ -73,15 +73,28 @@ nbval: $(STAMP) data
 	    --nbval-sanitize-with ../$(NBVAL_SANITIZE) --nbval-current-env $(notdir $(CHAPTERS)); \
 	else echo "no chapters yet: nbval skipped"; fi
 
-# Re-execute every chapter in place (papermill), then build the HTML offline.
+# Re-execute every chapter (papermill, run from chapters/ so their relative paths hold) into
+# _build/executed/, then build the HTML offline from a staged copy of the sources (_build/src/): the
+# chapters as executed where that copy is newer than the source, else as stored. The checkout itself
+# is never written: its chapters keep the outputs nbval checks.
+EXECUTED := _build/executed
+STAGE    := _build/src
 chapters: $(STAMP) data
+	@mkdir -p $(EXECUTED)
 	@for nb in $(CHAPTERS); do \
-	  echo "papermill $$nb"; \
-	  (cd chapters && ../$(BIN)/papermill --cwd . --log-level WARNING $$(basename $$nb) $$(basename $$nb)); \
+	  echo "papermill $$nb -> $(EXECUTED)/$$(basename $$nb)"; \
+	  $(BIN)/papermill --cwd chapters --log-level WARNING $$nb $(EXECUTED)/$$(basename $$nb); \
 	done
 
 html: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	rm -rf $(STAGE) && mkdir -p $(STAGE)/chapters
+	cp _config.yml _toc.yml $(STAGE)/
+	ln -s $(abspath book) $(STAGE)/book
+	@for nb in $(CHAPTERS); do \
+	  ran=$(EXECUTED)/$$(basename $$nb); \
+	  if [ -f $$ran ] && [ $$ran -nt $$nb ]; then cp $$ran $(STAGE)/chapters/; else cp $$nb $(STAGE)/chapters/; fi; \
+	done
+	$(BIN)/jupyter-book build $(STAGE) --path-output . --warningiserror --keep-going
 	@echo "book: _build/html/index.html"
 
 book: chapters html

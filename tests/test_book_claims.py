@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from canlib import paper
-from canlib.book import VERDICT_COLOURS, claim_verdict, claims_table, claims_tally, markdown_table
+from canlib.book import VERDICT_COLOURS, claim_verdict, claims_table, claims_tally, headline_table, markdown_table
 from canlib.lab.analysis import count_verdicts, judge_claims, verdict_of, welch_interval
 
 CLAIM = paper.Claim("A beats B", "greater", (("Table 2", "Part-1,2,3"), ("Table 2", "Part-1,3,5,7,9")))
@@ -117,3 +117,15 @@ def test_claims_tally_counts_the_three_classes() -> None:
     assert all(VERDICT_COLOURS[k] in html for k in ("holds", "contradicted", "inconclusive"))
     assert claims_tally(_claims(["not run"])) == "not run yet"
     assert claims_tally(_claims(["holds"]), html=False).endswith(": 1 holds")
+
+
+def test_the_headline_table_has_one_row_per_claim_and_compares_the_earlier_grids() -> None:
+    now = _claims(["holds", "inconclusive"]).assign(**{"paper Δ %": [2.5, 0.4]})
+    before = now.assign(verdict=["holds", "contradicted"])
+    table = headline_table({"now": now, "v3": before}, "now")
+    assert list(table.columns) == ["paper Δ", "proxy Δ (95 % CI)", "verdict", "same verdict on v3?"]
+    assert table["paper Δ"].tolist() == ["+2.5", "+0.4"] and table["same verdict on v3?"].tolist() == [
+        "yes",
+        "contradicted",
+    ]
+    assert VERDICT_COLOURS["inconclusive"] in table.iloc[1]["verdict"]

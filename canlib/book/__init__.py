@@ -35,7 +35,15 @@ import pandas as pd
 
 from canlib.lab.analysis import CONFIDENCE, count_verdicts
 
-__all__ = ["claim_verdict", "claims_table", "claims_tally", "glue_figure", "glue_table", "markdown_table"]
+__all__ = [
+    "claim_verdict",
+    "claims_table",
+    "claims_tally",
+    "glue_figure",
+    "glue_table",
+    "headline_table",
+    "markdown_table",
+]
 
 Format = str | Callable[[Any], str]
 
@@ -128,10 +136,10 @@ VERDICT_COLOURS = {
 
 #: The words of each verdict, for one claim and for a count.
 VERDICT_WORDS = {
-    "holds": ("✅ holds", "hold"),
-    "contradicted": ("❌ contradicted", "contradicted"),
-    "inconclusive": ("\N{WHITE QUESTION MARK ORNAMENT} inconclusive", "inconclusive"),
-    "not run": ("\N{EN DASH} not run yet", "not run yet"),
+    "holds": ("holds", "hold"),
+    "contradicted": ("contradicted", "contradicted"),
+    "inconclusive": ("inconclusive", "inconclusive"),
+    "not run": ("not run yet", "not run yet"),
 }
 
 
@@ -191,4 +199,23 @@ def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFr
         ]
         out[f"{prefix}seeds"] = frame["min seeds"].to_numpy(dtype=int)
         out[f"{prefix}verdict"] = [claim_verdict(v) for v in frame["verdict"]]
+    return out
+
+
+def headline_table(judged: Mapping[str, pd.DataFrame], current: str) -> pd.DataFrame:
+    """One row per claim for a first screen: the paper's difference, the ``current`` grid's with its
+    interval and verdict, and whether each earlier grid of ``judged`` (``{label: judge_claims frame}``)
+    reached the same verdict."""
+    now = judged[current]
+    out = pd.DataFrame(index=pd.Index(now["claim"], name="claim of the paper"))
+    out["paper Δ"] = [f"{d:+.1f}" for d in now["paper Δ %"]]
+    ci = f"proxy Δ ({100 * CONFIDENCE:.0f} % CI)"
+    out[ci] = [_difference(d, lo, hi) for d, lo, hi in zip(now["Δ %"], now["CI low"], now["CI high"], strict=True)]
+    out["verdict"] = [claim_verdict(v) for v in now["verdict"]]
+    earlier = [label for label in judged if label != current]
+    if earlier:
+        out[f"same verdict on {', '.join(earlier)}?"] = [
+            ", ".join("yes" if judged[g]["verdict"].iloc[i] == v else judged[g]["verdict"].iloc[i] for g in earlier)
+            for i, v in enumerate(now["verdict"])
+        ]
     return out

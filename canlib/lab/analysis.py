@@ -131,10 +131,11 @@ def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict
     published = [paper.ABLATION_TABLES[t][r][metric] for t, r in claim.rows]
     row = {"claim": claim.text, "paper agrees?": "yes" if _means_agree(published, claim) else "no"}
     row["paper mAP %"] = _values(published, claim)
+    paper_gaps = [published[a] - published[b] for a, b in claim.comparisons()]
     if summary is None or not all(key in summary.mean.index for key in claim.rows):
         nan = math.nan
         empty = {"means agree?": "not run", "proxy mAP %": "-", "Δ %": nan, "CI low": nan, "CI high": nan}
-        return {**row, **empty, "min t": nan, "min seeds": 0, "verdict": "not run"}
+        return {**row, "paper Δ %": min(paper_gaps), **empty, "min t": nan, "min seeds": 0, "verdict": "not run"}
     mean, std = summary.mean[metric].astype(float), summary.std[metric].astype(float)
     counts = summary.seeds.astype(int)
     ours = [mean[key] for key in claim.rows]
@@ -149,6 +150,7 @@ def _judge_one(claim: paper.Claim, summary: Summary | None, metric: str) -> dict
     i = _deciding(intervals, ts, verdict)
     return {
         **row,
+        "paper Δ %": paper_gaps[i],
         "means agree?": "yes" if _means_agree(ours, claim) else "no",
         "proxy mAP %": _values(ours, claim),
         "Δ %": stats_ab[i][0] - stats_ab[i][3],
@@ -173,7 +175,8 @@ def judge_claims(
     numbers and the proxy's means go the claimed way.
 
     Per claim: ``Δ %`` and ``CI low``/``CI high``, the difference of means (points) of the comparison
-    that decides (:func:`_deciding`) and its :data:`CONFIDENCE` Welch interval; ``min t``, the smallest
+    that decides (:func:`_deciding`) and its :data:`CONFIDENCE` Welch interval, ``paper Δ %`` the same
+    comparison in the paper's table (the smallest one before any run); ``min t``, the smallest
     Welch statistic over the claim's comparisons (negative when one goes the other way); ``verdict``.
     """
     summary = summarize(records) if len(records) else None

@@ -33,7 +33,7 @@ from canlib.engine.evaluate import evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
 from canlib.engine.run_folder import locked
 from canlib.engine.trainer import train
-from canlib.engine.weights import check_destination, export_weights
+from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
 from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain, sanity
 from canlib.metrics import AP_VARIANTS, METRICS
 
@@ -164,6 +164,7 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
         ap=args.ap,
         flip_tta=args.flip_tta or None,
         rerank=args.rerank or None,
+        force=args.force,
     )
     print(json.dumps({k: v for k, v in result.items() if k not in ("cmc", "evaluation", "record")}, indent=2))
     log.info("evaluation recorded in %s", record_evaluation(args.run, result, args.out))
@@ -218,15 +219,28 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="the JSON record (metrics with the full CMC, source, target, options, provenance); "
         "default RUN/evaluations/<data set>-<hash>.json",
     )
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate even when the run's config.yaml is not the configuration its weights were trained with",
+    )
     e.set_defaults(func=_evaluate)
 
 
 # ---------------------------------------------------------------------------------------------- export
 def _export_onnx(args: argparse.Namespace, run: Path) -> int:
-    check_destination(args.onnx)  # before the export and its parity check (seconds to minutes)
     try:
         with _using(run, "export"):
-            report = export_run(run, args.onnx, data_root=args.data_root, opset=args.opset, check=not args.no_check)
+            report = export_run(
+                run,
+                args.onnx,
+                data_root=args.data_root,
+                opset=args.opset,
+                check=not args.no_check,
+                overwrite=args.overwrite,
+                force=args.force,
+                allow_unfinished=args.allow_unfinished,
+            )
     except ParityError as exc:
         print(json.dumps(exc.report, indent=2))
         log.error("%s", exc)
@@ -236,29 +250,39 @@ def _export_onnx(args: argparse.Namespace, run: Path) -> int:
     return 0
 
 
-@_reports_user_errors
-def _export(args: argparse.Namespace) -> int:
+def _export_folders(args: argparse.Namespace) -> list[Path]:
+    """The run folders ``--run`` and ``--row`` name (resolved, nothing trained yet)."""
     runs: list[Path] = [Path(r) for r in args.run or []]
     if args.row:
         if args.config is None or args.data_root is None:
             raise ValueError("--row needs --config and --data-root (to resolve the run's configuration hash)")
-        if args.train_missing:
-            runs += grid.trained_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
-        else:
-            runs += grid.row_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
+        runs += grid.row_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
     if not runs:
         raise ValueError("nothing to export: give --run DIR or --row 'Table N:label'")
+    if args.onnx and len(runs) > 1:
+        raise ValueError(f"--onnx writes one file: name one run, not {len(runs)}")
+    return runs
+
+
+@_reports_user_errors
+def _export(args: argparse.Namespace) -> int:
+    runs = _export_folders(args)
+    single = args.onnx or (args.out if len(runs) == 1 else None)
+    dests = [Path(single)] if single else [Path(args.out_dir) / f"{run.name}.pt" for run in runs]
+    for dest in dests:  # every destination before any work (--out-dir's <run>.pt: the same run's, replaced)
+        check_destination(dest, replace=args.overwrite or not single)
+    if args.row and args.train_missing:
+        grid.trained_run_folders(args.config, args.data_root, args.row, args.seed, args.runs)
     if args.onnx:
-        if len(runs) > 1:
-            raise ValueError(f"--onnx writes one file: name one run, not {len(runs)}")
         return _export_onnx(args, runs[0])
+    for run in runs:  # every run before any export: weights of its config.yaml, a finished training
+        with _using(run, "export"):
+            load_run_checkpoint(run, force=args.force, finished=not args.allow_unfinished)
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": None}[args.dtype]
-    dests = [Path(args.out) if args.out and len(runs) == 1 else Path(args.out_dir) / f"{run.name}.pt" for run in runs]
-    for dest in dests:  # every destination before any work
-        check_destination(dest)
+    replace, force, unfinished = args.overwrite or not single, args.force, args.allow_unfinished
     for run, dest in zip(runs, dests, strict=True):
         with _using(run, "export"):
-            export_weights(run, dest, dtype=dtype)
+            export_weights(run, dest, dtype=dtype, overwrite=replace, force=force, allow_unfinished=unfinished)
         log.info("exported %s -> %s (%.1f MB)", run, dest, dest.stat().st_size / 1e6)
     return 0
 
@@ -289,8 +313,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "its metrics must equal its record's on the same CPU kind (model and capability), "
         "within grid.RETRAIN_TOLERANCE on another",
     )
-    p.add_argument("--out", help="output file (one run only)")
-    p.add_argument("--out-dir", default="results/weights", help="output folder: <run name>.pt")
+    p.add_argument("--out", help="output file (one run only; an existing one is refused without --overwrite)")
+    p.add_argument(
+        "--out-dir", default="results/weights", help="output folder: <run name>.pt (the same run's file is replaced)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --onnx file")
+    p.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="export a run that did not finish (checkpoint before optim.epochs, or no metrics.json)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="export even when config.yaml is not the configuration the weights had"
+    )
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--onnx", metavar="OUT.onnx", help="write one run's model as ONNX (the 'export' extra) and check it")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
@@ -425,11 +460,10 @@ def _runs_folder(results: str | Path, runs: str | None) -> Path:
 
 @_reports_user_errors
 def _ablate(args: argparse.Namespace) -> int:
-    rows = grid.ablation_rows(args.tables)
-    if args.rows:
-        rows = [r for r in rows if r.label in args.rows]
+    rows = grid.select_rows(args.tables, args.rows)  # a typo selects nothing: refused before any work
     submitit = args.launcher == "submitit"
     results = args.results or grid.results_folder(args.config)
+    grid.check_tables(results)
     records = grid.run_grid(
         args.config,
         args.data_root,
@@ -510,9 +544,18 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="profile YAML (configs/cpu.yaml, configs/paper-market1501.yaml)")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--tables", nargs="+", default=["Table 2", "Table 3", "Table 4"], help="which tables (and Controls)")
-    p.add_argument("--rows", nargs="+", help="only these row labels (e.g. Part-1,3,5,7)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument(
+        "--tables",
+        nargs="+",
+        default=["Table 2", "Table 3", "Table 4"],
+        help=f"which tables: {', '.join(repr(t) for t in grid.TABLES)}",
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        help="only these row labels of the tables (e.g. Part-1,3,5,7); runs.csv keeps the other rows' lines",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="each seed once: one run per row and seed")
     p.add_argument("--results", help="where runs are recorded (in git; default results/ablations/<profile>-<dataset>)")
     p.add_argument(
         "--runs", help="working folders with checkpoints (not in git; default runs/ablations/<profile>-<dataset>)"

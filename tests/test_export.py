@@ -237,7 +237,7 @@ def _bad_inputs(run: Path, other_parts_run: Path, other_data: Path, tmp: Path) -
             "--dataset .imagenet. is not a data set canlib reads",
         ),
         "evaluate: other parts": (
-            ["evaluate", "--run", str(other_parts_run), "--device", "cpu"],
+            ["evaluate", "--run", str(other_parts_run), "--device", "cpu", "--force"],  # past the hash check
             r"do not fit .*parts \[1, 3\].*parts \[1, 3, 5, 7\]",
         ),
         "evaluate: tampered": (
@@ -249,7 +249,7 @@ def _bad_inputs(run: Path, other_parts_run: Path, other_data: Path, tmp: Path) -
             ["export", "--run", str(run), "--data-root", str(tmp / "nowhere"), *onnx],
             "not a directory",
         ),
-        "export: other parts": (["export", "--run", str(other_parts_run), *onnx], "do not fit"),
+        "export: other parts": (["export", "--run", str(other_parts_run), "--force", *onnx], "do not fit"),
         "export: unwritable": (
             ["export", "--run", str(run), "--onnx", str(tmp / "file" / "x.onnx"), "--no-check"],
             r"cannot write .*file/x\.onnx",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from canlib import cli
-from canlib.config import config_hash
+from canlib.config import config_hash, dump_config
 from canlib.engine.record import RECORDED_FILES
 from canlib.lab import cost, grid, launch
 from canlib.lab.grid import ablation_rows, resolve, run_grid
@@ -85,6 +85,7 @@ def test_grid_places_one_run_per_gpu_slot_and_queues_the_rest(tiny_data, tmp_pat
         dest.mkdir(parents=True)
         (dest / "metrics.json").write_text(json.dumps({"mAP": 0.5, "rank1": 0.5}))
         (dest / "run.json").write_text(json.dumps({"git": {"commit": "x", "dirty": False}}))
+        dump_config(cfg, dest / "config.yaml")  # a complete record: configuration, run record, metrics
         with lock:
             running.discard(slot)
         return str(dest)

@@ -16,10 +16,9 @@ from torch import nn
 
 from canlib.config import EvalSection, RunSections
 from canlib.engine.build import build_eval_loaders, resolve_device, target_config
-from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.precision import autocast
 from canlib.engine.record import run_record
-from canlib.engine.weights import model_from_checkpoint, read_run_config
+from canlib.engine.weights import load_run_checkpoint, model_from_state
 from canlib.metrics import evaluate_features
 from canlib.model import CAN
 
@@ -171,22 +170,24 @@ def evaluate_run(
     flip_tta: bool | None = None,
     rerank: bool | None = None,
     out: str | Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a training run's model on a query/gallery split: its own, or another data set's.
 
     ``dataset``/``data_root`` name the target (the run's data set when None: e.g. a moved root);
     the classifier size comes from the checkpoint, i.e. the *source* data set. ``metric``,
-    ``ap``, ``flip_tta`` and ``rerank`` default to the run's ``eval`` settings. Returns the
-    metrics (as :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint)
-    and ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
+    ``ap``, ``flip_tta`` and ``rerank`` default to the run's ``eval`` settings. Weights trained
+    with another configuration than the run's ``config.yaml`` are refused unless ``force``
+    (:func:`canlib.engine.weights.load_run_checkpoint`). Returns the metrics (as
+    :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint) and
+    ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
     """
-    source = read_run_config(run_dir)
+    source, ckpt, state = load_run_checkpoint(run_dir, checkpoint, force=force)
     cfg = target_config(source, dataset, None if data_root is None else str(data_root))
     dev = resolve_device(device)
-    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
     run = RunSections.from_config(cfg)
+    model, meta = model_from_state(cfg, state, ckpt, dev)
     _, query_loader, gallery_loader = build_eval_loaders(run.data)
-    model, meta = model_from_checkpoint(cfg, ckpt, dev)
     options = evaluation_options(run.eval, metric, ap, flip_tta, rerank)
     metrics = evaluate_model(model, query_loader, gallery_loader, dev, **options)
     recorded = {key: value for key, value in options.items() if key != "chunk_size"}

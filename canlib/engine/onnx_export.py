@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 from canlib.config import RunSections
 from canlib.engine.build import build_eval_loaders
-from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import extract_features
-from canlib.engine.weights import check_destination, model_from_checkpoint, read_run_config
+from canlib.engine.weights import check_destination, load_run_checkpoint, model_from_state
 from canlib.metrics import evaluate_features
 from canlib.model import CAN
 
@@ -214,24 +213,28 @@ def export_run(
     checkpoint: str | os.PathLike[str] | None = None,
     opset: int = OPSET,
     check: bool = True,
+    overwrite: bool = False,
+    force: bool = False,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
     """Export a run's model (its checkpoint, or ``checkpoint``) to ONNX and, with ``check``, verify it.
 
     The parity check runs on the run's data set (``data_root`` if it moved) and raises
-    :class:`ParityError` (with the report as ``.report``) beyond the bounds. Returns the
-    report: the file, opset and, when checked, the numbers of :func:`parity_report`.
+    :class:`ParityError` (with the report as ``.report``) beyond the bounds. Refused before any
+    work: an existing ``dest`` (unless ``overwrite``), weights trained with another configuration
+    than ``config.yaml`` (unless ``force``), a run that did not finish (unless ``allow_unfinished``).
+    Returns the report: the file, opset and, when checked, the numbers of :func:`parity_report`.
     """
 
     require_onnx()  # missing packages, an unwritable place and a wrong data root fail before any work
-    cfg = read_run_config(run_dir)
     try:
-        check_destination(dest)
+        check_destination(dest, replace=overwrite)
     except OSError as exc:
         raise ExportError(str(exc)) from None
+    cfg, ckpt, state = load_run_checkpoint(run_dir, checkpoint, force=force, finished=not allow_unfinished)
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
-    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_path(run_dir)
-    model, meta = model_from_checkpoint(cfg, ckpt)
+    model, meta = model_from_state(cfg, state, ckpt)
     loaders = build_eval_loaders(RunSections.from_config(cfg).data)[1:] if check else None
     d = cfg["data"]
     info = {

@@ -4,8 +4,11 @@ Each row of the paper's Tables 2, 3 and 4 is a set of configuration overrides on
 profile, built from :mod:`canlib.paper` (the part patterns, the loss rows, and the loss that
 trained Tables 2-3). A run is identified by the hash of its resolved configuration (seed
 included) and recorded under ``results_dir/<hash>/`` with its configuration, run record,
-per-epoch log and metrics. A recorded run is reused when its configuration hash matches, so
-rerunning the grid only trains what is missing; ``force=True`` retrains everything. Whether the
+per-epoch log and metrics. A recorded run is reused when its configuration hash matches and its
+record is complete (a folder without its configuration, run record, or mAP and rank-1 is trained
+again), so rerunning the grid only trains what is missing; ``force=True`` retrains everything. The
+grid's tables (``runs.csv``, ``summary.csv``) are written whole, a run of some rows replacing only
+their lines. Whether the
 checked-out code still trains each recorded configuration as the recording code did is checked by
 the training digest (:mod:`canlib.lab.digest`, ``tests/test_digest.py``), not here. The
 statistics over seeds and the paper's claims live in :mod:`canlib.lab.analysis`.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -25,18 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from canlib import paper
 from canlib.config import config_hash, dump_config, load_config
 from canlib.engine.checkpoint import CHECKPOINT
+from canlib.engine.errors import error_line
 from canlib.engine.record import copy_record
 from canlib.lab import cost, launch
-from canlib.lab.analysis import summarize
+from canlib.lab.analysis import METRIC_KEYS, summarize
 from canlib.lab.readout import read_slices, record_slices
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("mAP", "rank1", "rank3", "rank5", "rank10", "mINP")
+#: The metrics a record must hold to count as recorded (of :data:`canlib.lab.analysis.METRIC_KEYS`).
+REQUIRED_METRICS = ("mAP", "rank1")
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,43 @@ def control_rows() -> list[Row]:
     ]
 
 
+#: The grid's tables, as ``ablate --tables`` names them.
+TABLES = ("Table 2", "Table 3", "Table 4", CONTROLS)
+
+
+def select_rows(tables: Sequence[str], labels: Sequence[str] | None = None) -> list[Row]:
+    """The rows of ``tables`` (of :data:`TABLES`), only those labelled ``labels`` when given.
+
+    ``ValueError`` naming the option (``--tables``, ``--rows``) and the known values for a table
+    or a label that selects nothing, so that a typo never runs (or tabulates) an empty grid.
+    """
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown or not tables:
+        got = repr(unknown[0]) if unknown else "nothing"
+        raise ValueError(f"--tables {got} is not a table of the grid; the tables: {_quoted(TABLES)}")
+    rows = ablation_rows(tables)
+    if labels is None:
+        return rows
+    known = list(dict.fromkeys(r.label for r in rows))
+    missing = [label for label in labels if label not in known]
+    if missing or not labels:
+        got = repr(missing[0]) if missing else "nothing"
+        raise ValueError(f"--rows {got} is not a row of {', '.join(dict.fromkeys(tables))}; its rows: {_quoted(known)}")
+    return [r for r in rows if r.label in labels]
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse a seed given twice (``ValueError`` naming ``--seeds``): it would count one run twice."""
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if not seeds or repeated:
+        what = f"repeats seed {repeated[0]}" if repeated else "names no seed"
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))} {what}: give each seed once (each is one run)")
+
+
 def results_folder(profile: str | Path, kind: str = "ablations") -> Path:
     """``results/<kind>/<profile>-<dataset>``: each profile and data set records its grid (or its
     decisions) in its own folder, so that a paper-profile grid never touches the proxy's records."""
@@ -125,12 +169,42 @@ def provenance(run_dir: str | Path) -> dict[str, Any]:
 
 
 def recorded_run(results_dir: str | Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The metrics of the recorded run with this configuration and its :func:`provenance`, or None."""
+    """The metrics of the recorded run with this configuration and its :func:`provenance`, or None.
+
+    A folder that is not a complete record (:func:`incomplete_record`) counts as missing, with a
+    warning naming it: the grid trains it again, and the tables leave it out.
+    """
     folder = Path(results_dir) / config_hash(cfg)
-    try:
-        return {**json.loads((folder / "metrics.json").read_text()), **provenance(folder)}
-    except (OSError, json.JSONDecodeError):
+    if not folder.exists():
         return None
+    why = incomplete_record(folder)
+    if why is not None:
+        log.warning("%s is not a complete record (%s): treated as missing", folder, why)
+        return None
+    return {**json.loads((folder / "metrics.json").read_text()), **provenance(folder)}
+
+
+def incomplete_record(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete record (config.yaml, run.json, and metrics.json holding
+    :data:`REQUIRED_METRICS` as finite numbers), or None when it is one."""
+    try:
+        if not isinstance(yaml.safe_load((folder / "config.yaml").read_text()), dict):
+            return "its config.yaml holds no configuration"
+        if not isinstance(json.loads((folder / "run.json").read_text()), dict):
+            return "its run.json holds no record"
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except FileNotFoundError as exc:
+        return f"no {Path(str(exc.filename)).name}"
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return f"unreadable: {error_line(exc)}"
+    if not isinstance(metrics, dict):
+        return "its metrics.json holds no metrics"
+    bad = [k for k in REQUIRED_METRICS if not _finite(metrics.get(k))]
+    return f"its metrics.json has no finite {', '.join(bad)}" if bad else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_records(
@@ -302,6 +376,9 @@ def run_grid(
     (:mod:`canlib.lab.cost`, at ``throughput``).
     """
     rows = list(rows if rows is not None else ablation_rows())
+    if not rows:
+        raise ValueError("no rows to run: select them with select_rows (--tables, --rows)")
+    check_seeds(seeds)
     results_dir, runs_dir = Path(results_folder(profile) if results_dir is None else results_dir), Path(runs_dir)
     slots: list[launch.Slot] = list(launch.place(jobs, gpus, gpus_per_run)) if gpus is not None else [None] * jobs
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
@@ -345,8 +422,9 @@ def _row_configs(
 
 #: How far a run trained again on another kind of CPU may land from its record (mAP and rank-1,
 #: absolute): a full training is bit-exact on one thread of the same CPU kind only (model and vector
-#: capability: one model name covers AVX2 and AVX-512 parts). Measured: 0.0005-0.0019 between an
-#: Intel Xeon (AVX-512) and an AMD EPYC; the bound leaves five times that.
+#: capability: one model name covers AVX2 and AVX-512 parts). Measured against Intel Xeon records:
+#: mAP 0.0005-0.0019 apart on an AMD EPYC, and on an AMD EPYC with AVX-512 mAP 0.0018 and rank-1
+#: 0.0057 apart (Table 3 Part-1,3,5,7, seed 0).
 RETRAIN_TOLERANCE = 0.01
 
 
@@ -390,10 +468,72 @@ def _check_against_record(folder: Path, record: Path) -> None:
     log.info("%s: mAP %.4f, its record's %.4f (trained on %s / %s)", folder, got["mAP"], want["mAP"], *cpus)
 
 
-def write_tables(records: Sequence[dict[str, Any]], results_dir: str | Path) -> pd.DataFrame:
-    """Write the grid's ``runs.csv`` (one line per run) and ``summary.csv`` (mean and spread per row)."""
+#: The columns that name one run of a grid's ``runs.csv``: a newer record of the same key replaces it.
+RUN_KEY = ("table", "row", "seed")
+
+
+def read_runs_table(results_dir: str | Path) -> pd.DataFrame | None:
+    """The grid's ``runs.csv`` as it is (None when there is none yet); ``ValueError`` naming the file
+    when it cannot be read as a grid's table, or ``--results`` is not a folder."""
     results = Path(results_dir)
-    pd.DataFrame(records).to_csv(results / "runs.csv", index=False)
-    table = summarize(records).table
-    table.to_csv(results / "summary.csv")
+    if results.exists() and not results.is_dir():
+        raise ValueError(f"--results {results} is a file, not a folder of records")
+    path = results / "runs.csv"
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_csv(path, dtype={"run": str, "commit": str})
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as a grid's table ({error_line(exc)}): move it away") from None
+    lacking = [k for k in RUN_KEY if k not in frame]
+    if lacking:
+        raise ValueError(f"{path} is not a grid's table (no column {', '.join(lacking)}): move it away")
+    return frame
+
+
+def check_tables(results_dir: str | Path) -> None:
+    """Before any work: the grid's tables can be read and merged into (:func:`read_runs_table`)."""
+    read_runs_table(results_dir)
+
+
+def merge_runs(old: pd.DataFrame | None, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """``old``'s lines with those of ``records`` replacing the same (table, row, seed), in the grid's
+    order (:data:`TABLES`' rows, then seed); lines of rows the grid no longer has come last."""
+    new = pd.DataFrame(list(records))
+    if old is not None:
+        replaced = old.set_index(list(RUN_KEY)).index.isin(new.set_index(list(RUN_KEY)).index)
+        new = pd.concat([old[~replaced], new], ignore_index=True)
+    order = {(r.table, r.label): i for i, r in enumerate(ablation_rows(TABLES))}
+    rank = [(order.get((t, r), len(order)), s) for t, r, s in zip(new["table"], new["row"], new["seed"], strict=True)]
+    return new.iloc[sorted(range(len(new)), key=rank.__getitem__)].reset_index(drop=True)
+
+
+def _replace_files(texts: dict[Path, str]) -> None:
+    """Write each file whole: every text to a temporary file beside its file first, then the renames
+    (a failed write leaves every file as it was; a file is never half written)."""
+    temporary = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in texts}
+    try:
+        for path, tmp in temporary.items():
+            with tmp.open("x") as fh:
+                fh.write(texts[path])
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)
+
+
+def write_tables(records: Sequence[dict[str, Any]], results_dir: str | Path) -> pd.DataFrame:
+    """Merge ``records`` into the grid's ``runs.csv`` (one line per run; the other lines are kept) and
+    recompute ``summary.csv`` (mean and spread per row) from it; both written whole and atomically.
+
+    ``ValueError`` for no records: the tables are left as they are.
+    """
+    results = Path(results_dir)
+    if not records:
+        raise ValueError(f"no runs to tabulate: {results / 'runs.csv'} and summary.csv are left as they are")
+    runs = merge_runs(read_runs_table(results), records)
+    table = summarize(runs.to_dict("records")).table
+    results.mkdir(parents=True, exist_ok=True)
+    _replace_files({results / "runs.csv": runs.to_csv(index=False), results / "summary.csv": table.to_csv()})
     return table

@@ -420,6 +420,31 @@ def _cluster_options(args: argparse.Namespace) -> launch.ClusterOptions:
     )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (``--jobs 0`` would start no worker)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def _check_device(device: str) -> None:
+    """Before any work: ``--device`` names ``cpu``, ``auto`` or a CUDA GPU this machine has (``ValueError``)."""
+    if device in ("cpu", "auto"):
+        return
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: expected cpu, auto, cuda or cuda:N")
+    count = len(launch.local_gpus())
+    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    if count == 0:
+        raise ValueError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    if index >= count:
+        raise ValueError(f"--device {device}: this machine has {count} visible GPU(s), cuda:0 to cuda:{count - 1}")
+
+
 def _local_gpus(args: argparse.Namespace) -> list[str] | None:
     """The GPUs the local pool places runs on (``--device cuda``), or None (every child sees the parent's device)."""
     if args.device != "cuda":
@@ -461,6 +486,8 @@ def _runs_folder(results: str | Path, runs: str | None) -> Path:
 @_reports_user_errors
 def _ablate(args: argparse.Namespace) -> int:
     rows = grid.select_rows(args.tables, args.rows)  # a typo selects nothing: refused before any work
+    if args.launcher != "submitit":  # submitit's jobs run elsewhere, on the cluster's GPUs
+        _check_device(args.device)
     submitit = args.launcher == "submitit"
     results = args.results or grid.results_folder(args.config)
     grid.check_tables(results)
@@ -488,13 +515,13 @@ def _add_ablate_launch(p: argparse.ArgumentParser) -> None:
     """``ablate``'s options of where runs train: GPUs, torchrun, submitit and Slurm, the cost estimate."""
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_positive_int,
         default=1,
         help="runs trained side by side (one per core suits small models; with --device cuda, one per GPU slot)",
     )
     p.add_argument(
         "--gpus-per-run",
-        type=int,
+        type=_positive_int,
         default=1,
         help="GPUs per run (> 1: torchrun with one process per GPU); with --device cuda each run sees only its own",
     )
@@ -569,6 +596,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 @_reports_user_errors
 def _decide(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     results = args.results or grid.results_folder(args.config, "decisions")
     runs = _runs_folder(results, args.runs)
     for d in decide.run_decisions(
@@ -590,8 +618,8 @@ def _add_decide(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=list(decide.SEEDS))
     p.add_argument("--results", help="records (default results/decisions/<profile>-<dataset>)")
     p.add_argument("--runs", help="working run folders (default runs/decisions/<profile>-<dataset>)")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="runs trained side by side")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (a GPU this machine has)")
     p.set_defaults(func=_decide)
 
 

@@ -257,3 +257,52 @@ def test_evaluate_and_export_refuse_weights_of_another_configuration(finished, t
     assert f"trained with configuration {stored}" in caplog.text and "(--force)" in caplog.text
     assert (tmp_path / "e.json").is_file()
     assert cli.main(["evaluate", "--run", str(finished), "--device", "cpu", "--out", str(tmp_path / "f.json")]) == 0
+
+
+# ------------------------------------------------------------------------- jobs and devices, before any work
+@pytest.mark.parametrize("command", ["ablate", "decide"])
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+def test_jobs_below_one_are_refused_naming_the_option(tmp_path, capsys, monkeypatch, command, jobs):
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: pytest.fail("the grid ran"))
+    argv = [command, "--config", str(SMOKE), "--data-root", str(tmp_path), "--jobs", jobs]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    assert "argument --jobs: expected a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ablate", "decide"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "gpu", "tpu"])
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, caplog, monkeypatch, command, device):
+    from canlib.lab import decide
+
+    monkeypatch.setattr(cli.launch, "local_gpus", lambda: [])  # a CPU machine, whatever runs the test
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: pytest.fail("the grid ran"))
+    monkeypatch.setattr(decide, "run_decisions", lambda *a, **k: pytest.fail("the decisions ran"))
+    results = tmp_path / "results"
+    argv = [
+        command,
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(tmp_path),
+        "--device",
+        device,
+        "--results",
+        str(results),
+    ]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    (message,) = _errors(caplog)
+    assert f"--device {device}" in message or f"--device {device!r}" in message
+    assert (
+        ("no CUDA GPU" in message) if device.startswith("cuda") else ("expected cpu, auto, cuda or cuda:N" in message)
+    )
+    assert not results.exists()
+
+
+def test_a_gpu_index_beyond_the_machines_is_named(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli.launch, "local_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: pytest.fail("the grid ran"))
+    argv = ["ablate", "--config", str(SMOKE), "--data-root", str(tmp_path), "--device", "cuda:2"]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert "2 visible GPU(s), cuda:0 to cuda:1" in _errors(caplog)[0]

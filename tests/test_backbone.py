@@ -168,8 +168,10 @@ def test_missing_file(tmp_path: Path) -> None:
         build_backbone("resnet18", pretrained=tmp_path / "nope.pth")
 
 
-def test_the_reachability_probe_opens_one_bounded_connection_and_trusts_a_proxy(monkeypatch) -> None:
-    """The probe itself, with the socket stubbed: no test here opens a real connection."""
+@pytest.fixture()
+def unreachable_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """No proxy variables and a socket stub that refuses every connection, recording each attempt:
+    no test here opens a real connection."""
     calls: list[tuple] = []
 
     def unreachable(address, timeout=None):
@@ -179,22 +181,24 @@ def test_the_reachability_probe_opens_one_bounded_connection_and_trusts_a_proxy(
     for key in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(backbone_module.socket, "create_connection", unreachable)
+    return calls
+
+
+def test_the_reachability_probe_opens_one_bounded_connection_and_trusts_a_proxy(
+    unreachable_network: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = tvm.ResNet18_Weights.DEFAULT.url
     assert backbone_module._reachable(url) is False
-    assert calls == [(("download.pytorch.org", 443), backbone_module._CONNECT_TIMEOUT_S)]
+    assert unreachable_network == [(("download.pytorch.org", 443), backbone_module._CONNECT_TIMEOUT_S)]
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert backbone_module._reachable(url) is True and len(calls) == 1  # behind a proxy: no probe
+    assert backbone_module._reachable(url) is True and len(unreachable_network) == 1  # behind a proxy: no probe
 
 
-def test_an_unreachable_host_fails_through_the_real_code_path(empty_hub_cache: Path, monkeypatch) -> None:
-    """build_backbone's own path, from the probe up, with the connection refused by a stub."""
-
-    def unreachable(address, timeout=None):
-        raise OSError("Network is unreachable")
-
-    for key in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(backbone_module.socket, "create_connection", unreachable)
+def test_an_unreachable_host_fails_through_the_real_code_path(
+    empty_hub_cache: Path, unreachable_network: list[tuple], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_backbone's own path, from the probe up, with the connection refused by the stub."""
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download attempted"))
     with pytest.raises(RuntimeError, match="local file"):
         build_backbone("resnet18", pretrained="imagenet")
+    assert len(unreachable_network) == 1  # the probe asked once

@@ -28,7 +28,7 @@ ids in it. myst-nb and IPython are only needed when a chapter runs (the ``book``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -43,6 +43,7 @@ __all__ = [
     "glue_table",
     "headline_table",
     "markdown_table",
+    "same_verdicts",
 ]
 
 Format = str | Callable[[Any], str]
@@ -214,8 +215,14 @@ def headline_table(judged: Mapping[str, pd.DataFrame], current: str) -> pd.DataF
     out["verdict"] = [claim_verdict(v) for v in now["verdict"]]
     earlier = [label for label in judged if label != current]
     if earlier:
-        out[f"same verdict on {', '.join(earlier)}?"] = [
-            ", ".join("yes" if judged[g]["verdict"].iloc[i] == v else judged[g]["verdict"].iloc[i] for g in earlier)
-            for i, v in enumerate(now["verdict"])
-        ]
+        out[f"same verdict on {', '.join(earlier)}?"] = same_verdicts(now, [judged[g] for g in earlier])
     return out
+
+
+def same_verdicts(now: pd.DataFrame, earlier: Sequence[pd.DataFrame]) -> list[str]:
+    """Per claim of ``now`` (a :func:`canlib.lab.analysis.judge_claims` frame), whether each frame of
+    ``earlier`` reached the same verdict: "yes", or its own verdict, comma-separated in order."""
+    return [
+        ", ".join("yes" if frame["verdict"].iloc[i] == v else frame["verdict"].iloc[i] for frame in earlier)
+        for i, v in enumerate(now["verdict"])
+    ]

@@ -73,10 +73,12 @@ def platform_key() -> dict[str, str]:
 
 
 def machine_kind() -> str:
-    """The CPU model and its native vector capability, as :data:`seen_on` lists machines."""
+    """The CPU model and its native vector capability (as ``run.json`` records them), as the digest's
+    ``seen_on`` lists machines."""
     from canlib.engine.record import machine_info
 
-    return f"{machine_info()['cpu']} ({torch.backends.cpu.get_cpu_capability()})"
+    info = machine_info()
+    return f"{info['cpu']} ({info['cpu_capability']})"
 
 
 def why_not_comparable(recorded: dict[str, Any]) -> str | None:
@@ -94,7 +96,7 @@ def _has_avx2() -> bool:
     if platform.machine() not in ("x86_64", "AMD64"):
         return False
     try:
-        return " avx2 " in f" {Path('/proc/cpuinfo').read_text()} ".replace("\n", " ")
+        return "avx2" in Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
@@ -257,10 +259,10 @@ def check_digest(
     configs = record_configs(results_dir)
     if sorted(configs) != sorted(recorded["digests"]):
         raise ValueError(f"{path} does not cover the records of {results_dir}: rewrite it (make digest)")
-    now = compute_digests(configs)
-    failed, other_bits = judge(recorded["digests"], now, machine_kind() in recorded.get("seen_on", []))
-    if not failed and not other_bits and machine_kind() not in recorded.get("seen_on", []):
-        recorded["seen_on"] = [*recorded.get("seen_on", []), machine_kind()]
+    kind, seen = machine_kind(), recorded.get("seen_on", [])
+    failed, other_bits = judge(recorded["digests"], compute_digests(configs), kind in seen)
+    if not failed and not other_bits and kind not in seen:
+        recorded["seen_on"] = [*seen, kind]
         _write_whole(path, recorded)
     return failed
 

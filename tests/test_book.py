@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from canlib.book import markdown_table
+from canlib.book import markdown_table, readout_table
 
 
 def test_markdown_table_fixed_precision_alignment_and_index():
@@ -39,3 +39,22 @@ def test_markdown_table_default_format_skips_the_index():
     df = pd.DataFrame({"p": [0.12345, 0.5]}, index=pd.Index([1, 16], name="scale s"))
     assert markdown_table(df, ".2f").splitlines()[2:] == ["| 1 | 0.12 |", "| 16 | 0.50 |"]
     assert markdown_table(df, {"scale s": ".1f", "p": ".1f"}).splitlines()[2] == "| 1.0 | 0.1 |"
+
+
+def test_readout_table_means_per_row_in_grid_order_and_empty_without_slices():
+    records = pd.DataFrame(
+        {
+            "table": ["Table 3", "Table 3", "Table 2"],
+            "row": ["Part-1,3,5,7", "Part-1,3,5,7", "Part-1,2,3"],
+            "mAP": [0.60, 0.70, 0.50],
+            "mAP_global": [0.40, 0.50, 0.45],
+            "mAP_local": [0.55, 0.65, 0.30],
+            "final_ce": [1.0, 1.2, 2.0],
+        }
+    )
+    read = readout_table(records)
+    assert list(read.index) == [("Table 3", "Part-1,3,5,7"), ("Table 2", "Part-1,2,3")]  # first seen first
+    row = read.loc[("Table 3", "Part-1,3,5,7")]
+    assert row["seeds"] == 2 and row["mAP %"] == pytest.approx(65.0) and row["global slices %"] == pytest.approx(45.0)
+    assert row["± (whole)"] == pytest.approx(100 * records["mAP"][:2].std()) and row["final CE"] == pytest.approx(1.1)
+    assert readout_table(records.drop(columns=["mAP_global"])).empty and readout_table(records.iloc[:0]).empty

@@ -43,6 +43,7 @@ __all__ = [
     "glue_table",
     "headline_table",
     "markdown_table",
+    "readout_table",
     "same_verdicts",
 ]
 
@@ -226,3 +227,22 @@ def same_verdicts(now: pd.DataFrame, earlier: Sequence[pd.DataFrame]) -> list[st
         ", ".join("yes" if frame["verdict"].iloc[i] == v else frame["verdict"].iloc[i] for frame in earlier)
         for i, v in enumerate(now["verdict"])
     ]
+
+
+def readout_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (table, row) of a grid's records (:func:`canlib.lab.grid.load_records` with slices): the seeds,
+    the whole descriptor's mean mAP (%) and its standard deviation, the global and the local slices'
+    mean mAP (%) and the mean final training CE. Empty when the records carry no slice read-out."""
+    if not len(records) or "mAP_global" not in records:
+        return pd.DataFrame()
+    g = records.groupby(["table", "row"], sort=False)
+    return pd.DataFrame(
+        {
+            "seeds": g.size(),
+            "mAP %": 100 * g["mAP"].mean(),
+            "± (whole)": 100 * g["mAP"].std(),
+            "global slices %": 100 * g["mAP_global"].mean(),
+            "local slices %": 100 * g["mAP_local"].mean(),
+            "final CE": g["final_ce"].mean(),
+        }
+    )

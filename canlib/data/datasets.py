@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from canlib.data.base import DISTRACTOR_PID, JUNK_PID, DatasetLayoutError, Record, ReIDDataset, list_images, locate_root
+from canlib.data.checks import check_split, report_findings
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,9 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
     ``root=None`` means ``$CANLIB_DATA_ROOT`` (set by the Makefile to the synthetic set).
     Common options: ``keep_junk`` (default False), ``verify_images``, ``skip_corrupt``,
     ``check_stats`` (default True); ``variant`` for cuhk03np; ``combine_train_val`` for msmt17.
+    The query/gallery split is checked against the protocol (:func:`canlib.data.checks.check_split`):
+    a warning counts the queries it drops, a :class:`~canlib.data.checks.DatasetCheckError` says
+    why none can be scored.
     """
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
@@ -328,4 +332,6 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
         root = os.environ.get("CANLIB_DATA_ROOT")
         if not root:
             raise ValueError(f"{name}: no root given and $CANLIB_DATA_ROOT is not set")
-    return DATASETS[key](root, **options)
+    dataset = DATASETS[key](root, **options)
+    report_findings(check_split(dataset))
+    return dataset

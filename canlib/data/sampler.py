@@ -13,10 +13,11 @@ the paper does not say; two definitions are offered:
   left (Market-1501: about 370 batches).
 
 Within a group, an id with fewer than k images is sampled with replacement; otherwise
-k distinct images. The order depends only on ``(seed, epoch)``; call
-:meth:`PKSampler.set_epoch` before each epoch. With ``world_size > 1`` the epoch's
-batches are cut to a multiple of ``world_size`` and rank ``r`` takes batches
-``r, r + world_size, ...``: disjoint, equal counts.
+k distinct images. Single-image identities and a k above the median images per identity are
+logged as warnings when the sampler is built (:func:`canlib.data.checks.check_training`).
+The order depends only on ``(seed, epoch)``; call :meth:`PKSampler.set_epoch` before
+each epoch. With ``world_size > 1`` the epoch's batches are cut to a multiple of
+``world_size`` and rank ``r`` takes batches ``r, r + world_size, ...``: disjoint, equal counts.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from canlib.data.checks import check_training, report_findings
 
 #: What one epoch is (the ``epoch`` argument): every identity once, or about every image once.
 EPOCH_MODES = ("ids", "images")
@@ -55,6 +58,7 @@ class PKSampler(Sampler[list[int]]):
             index[int(pid)].append(i)
         if len(index) < p:
             raise ValueError(f"PK sampling needs at least p={p} identities, the data has {len(index)}")
+        report_findings(check_training(pids, k))  # warnings only: single-image identities, k above the typical count
         self.pids = sorted(index)
         self.index = {pid: np.asarray(idx) for pid, idx in index.items()}
         self.p, self.k, self.seed, self.rank, self.world_size, self.mode = p, k, seed, rank, world_size, epoch

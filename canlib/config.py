@@ -160,6 +160,11 @@ class ModelSection:
     )
     parts: Parts = _doc((1, 3, 5, 7), "One branch per entry, 1 the global one (Section 3.2.2).")
     collaborative: Bool = _doc(True, "Collaborative attention (Table 3) or not (Table 2).")
+    ca_fusion: Literal["max", "mean"] = _doc(
+        "max",
+        "Section 3.2.2: CA max-pools two neighbouring part blocks. mean: their average, the same slots and size "
+        "(not the paper's CA: its control at equal capacity).",
+    )
     embed_dim: Positive | None = _doc(
         256, "Section 3.2.3. null: no embedding layer, the pooled feature itself (the strong baseline's head)."
     )
@@ -456,7 +461,7 @@ def config_value(cfg: Mapping[str, Any], key: str) -> Any:
 #: before them. At that value a key is left out of :func:`config_hash`, so a new option does not
 #: rename every recorded run; set to anything else, it is hashed like any key.
 LATER_KEYS: dict[str, Any] = {
-    # the proxy's schedule and validation split (issue 21)
+    # the proxy's schedule and validation split
     "optim.head_lr_mult": 1.0,
     "data.val_groups": False,
     "data.val_gallery_ids": 0,
@@ -466,6 +471,8 @@ LATER_KEYS: dict[str, Any] = {
     "model.embed_bn_bias": True,
     "optim.warmup_epochs": 0,
     "optim.warmup_factor": 0.1,
+    # collaborative attention's control at equal capacity
+    "model.ca_fusion": "max",
 }
 
 

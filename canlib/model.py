@@ -204,6 +204,8 @@ class CANBranch(nn.Module):
             :class:`~canlib.attention.CollaborativeAttention`.
         pooling: ``"paper"`` (equation (1)) or ``"adaptive"``.
         pool_ops: ``"max+avg"`` (Section 3.2.2), ``"avg"`` or ``"max"`` (:data:`canlib.pooling.POOL_OPS`).
+        ca_fusion: how CA fuses two neighbours, ``"max"`` (the paper) or ``"mean"`` (the
+            equal-capacity control, :mod:`canlib.attention`).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class CANBranch(nn.Module):
         collaborative: bool = True,
         pooling: str = "paper",
         pool_ops: str = "max+avg",
+        ca_fusion: str = "max",
     ) -> None:
         super().__init__()
         self.parts = parts
@@ -220,7 +223,7 @@ class CANBranch(nn.Module):
         self.layer4 = layer4
         self.global_pool = ConcatPool(1, pooling, pool_ops)
         self.part_pool = ConcatPool(parts, pooling, pool_ops) if parts > 1 else None
-        self.attention = CollaborativeAttention() if self.collaborative else nn.Identity()
+        self.attention = CollaborativeAttention(ca_fusion) if self.collaborative else nn.Identity()
         num_local = 0 if parts == 1 else parts - int(self.collaborative)
         self.feature_suffixes = ["global"] + [f"local{k}" for k in range(num_local)]
 
@@ -272,6 +275,8 @@ class CAN(nn.Module):
             feature weighs the same in that cosine.
         classifier: ``"cosine"`` (Section 4.5, the default) or ``"linear"`` (:data:`CLASSIFIERS`).
         embed_bn_bias: ``False`` fixes the shift of the BN after the embedding at 0 (BNNeck).
+        ca_fusion: ``"max"`` (Section 3.2.2) or ``"mean"``: CA's slots filled by the mean of the same
+            neighbours, the control of CA at equal descriptor size (:mod:`canlib.attention`).
     """
 
     def __init__(
@@ -291,6 +296,7 @@ class CAN(nn.Module):
         pool_ops: str = "max+avg",
         classifier: str = "cosine",
         embed_bn_bias: bool = True,
+        ca_fusion: str = "max",
     ) -> None:
         super().__init__()
         parts = tuple(int(n) for n in parts)
@@ -323,7 +329,8 @@ class CAN(nn.Module):
         self.in_channels = pool_channels(base.out_channels, pool_ops)
         # Section 3.2.2: layer 4 is not shared; every copy starts from the same weights.
         branches = {
-            f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling, pool_ops) for n in parts
+            f"part{n}": CANBranch(copy.deepcopy(base.layer4), n, collaborative, pooling, pool_ops, ca_fusion)
+            for n in parts
         }
         self.branches = nn.ModuleDict(branches)
         self.feature_names = [f"{name}.{s}" for name, b in branches.items() for s in b.feature_suffixes]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from canlib.attention import CollaborativeAttention, collaborative_attention
+from canlib.attention import FUSIONS, CollaborativeAttention, collaborative_attention
 
 
 def test_hand_made_blocks() -> None:
@@ -43,3 +43,18 @@ def test_gradient_goes_to_the_larger_block() -> None:
     collaborative_attention(blocks).sum().backward()
     # 3.0 wins both pairs, 1.0 and 2.0 win none
     torch.testing.assert_close(blocks.grad.flatten(), torch.tensor([0.0, 2.0, 0.0]))
+
+
+def test_mean_fusion_averages_the_same_neighbours() -> None:
+    blocks = torch.randn(2, 5, 4, 1)
+    fused = collaborative_attention(blocks, "mean")
+    assert fused.shape == collaborative_attention(blocks).shape == (2, 5, 3, 1)
+    assert torch.allclose(fused, (blocks[:, :, :-1] + blocks[:, :, 1:]) / 2)
+    assert CollaborativeAttention("mean")(blocks).equal(fused) and FUSIONS == ("max", "mean")
+
+
+def test_unknown_fusion_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+        collaborative_attention(torch.randn(1, 2, 3, 1), "sum")
+    with pytest.raises(ValueError, match="unknown fusion"):
+        CollaborativeAttention("sum")

@@ -94,6 +94,23 @@ def test_without_ca_part_n_has_n_locals() -> None:
     assert model.feature_names == ["part1.global", "part3.global", "part3.local0", "part3.local1", "part3.local2"]
 
 
+@pytest.mark.parametrize("pattern", ["Part-1,2,3", "Part-1,3,5,7"])
+def test_the_equal_capacity_control_of_ca_has_the_ca_models_descriptor(pattern: str) -> None:
+    """Mean fusion fills CA's slots with the mean of the same neighbours: same features, same size."""
+    parts = PART_PATTERNS[pattern]
+    ca, mean, without = (
+        slim_can(parts=parts, **kw).eval() for kw in ({}, {"ca_fusion": "mean"}, {"collaborative": False})
+    )
+    assert mean.feature_names == ca.feature_names and mean.descriptor_dim == ca.descriptor_dim
+    assert without.descriptor_dim > ca.descriptor_dim  # what "CA against Table 2" also changes
+    mean.load_state_dict(ca.state_dict())  # no parameter of its own: the same weights load
+    x = images(1)
+    with torch.no_grad():
+        fa, fm = ca.forward_features(x), mean.forward_features(x)
+    assert fa.shape == fm.shape and torch.equal(fa[:, ca.global_indices], fm[:, ca.global_indices])
+    assert not torch.allclose(fa[:, ca.local_indices], fm[:, ca.local_indices])
+
+
 # ------------------------------------------------------------------ structure
 
 

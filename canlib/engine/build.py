@@ -116,6 +116,7 @@ def build_model(model: ModelSection, num_classes: int) -> CAN:
         pool_ops=model.pool_ops,
         classifier=model.classifier,
         embed_bn_bias=model.embed_bn_bias,
+        ca_fusion=model.ca_fusion,
     )
 
 

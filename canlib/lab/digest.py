@@ -160,12 +160,18 @@ def fingerprint_gaps(now: dict[str, float], recorded: dict[str, float], rtol: fl
     return gaps
 
 
+#: Keys of ``metrics.json`` derived from what the digest hashes already (the final weights and the
+#: evaluation): left out, so that recording them did not change the digest of any run.
+DERIVED_METRICS = ("ap_per_query",)
+
+
 def run_digest(run_dir: Path) -> str:
     """One SHA-256 of a finished run: its log (without timings), metrics and final model weights
     (JSON's float repr round-trips every bit; each tensor is hashed with its dtype and shape)."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     h = hashlib.sha256(json.dumps([{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]).encode())
-    h.update(json.dumps(json.loads((run_dir / "metrics.json").read_text()), sort_keys=True).encode())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    h.update(json.dumps({k: v for k, v in metrics.items() if k not in DERIVED_METRICS}, sort_keys=True).encode())
     for key, t in sorted(load_checkpoint(checkpoint_path(run_dir))["model"].items()):
         h.update(
             f"{key} {t.dtype} {tuple(t.shape)}".encode() + t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()

@@ -23,15 +23,25 @@ from pathlib import Path
 
 import torch
 
+from canlib.book import ranked_page
 from canlib.config import ConfigError, load_config
 from canlib.data.cuhk03 import SPLIT_FILE, convert_cuhk03_np
 from canlib.data.datasets import DATASETS, dataset_names
-from canlib.data.synthetic import SYNTHETIC_DESCRIPTION, SYNTHETIC_HELP, SyntheticConfig, make_synthetic, sample_grid
+from canlib.data.synthetic import (
+    LEVELS,
+    SYNTHETIC_DESCRIPTION,
+    SyntheticConfig,
+    make_synthetic,
+    sample_grid,
+    synthetic_help,
+)
 from canlib.engine.checkpoint import CHECKPOINT
+from canlib.engine.embed import embed_folder
 from canlib.engine.errors import TrainingDiverged, TrainingInterrupted, error_line
-from canlib.engine.evaluate import evaluate_run, record_evaluation
+from canlib.engine.evaluate import ORDERS, evaluate_run, record_evaluation
 from canlib.engine.onnx_export import OPSET, ParityError, export_run
-from canlib.engine.run_folder import locked
+from canlib.engine.run_folder import hold, locked
+from canlib.engine.search import report_lines, search
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
 from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain, sanity
@@ -165,9 +175,23 @@ def _evaluate_locked(args: argparse.Namespace) -> int:
         flip_tta=args.flip_tta or None,
         rerank=args.rerank or None,
         force=args.force,
+        visrank=args.visrank,
+        order=args.order,
+        visrank_queries=args.visrank_queries,
     )
-    print(json.dumps({k: v for k, v in result.items() if k not in ("cmc", "evaluation", "record")}, indent=2))
-    log.info("evaluation recorded in %s", record_evaluation(args.run, result, args.out))
+    ranked = result.pop("ranked", None)
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("cmc", "ap_per_query", "evaluation", "record")}, indent=2
+        )
+    )
+    recorded = record_evaluation(args.run, result, args.out)
+    log.info("evaluation recorded in %s", recorded)
+    if ranked is not None:
+        stem = recorded.with_name(f"{recorded.stem}-ranked-{args.order}")
+        title = f"{args.run}: {len(ranked.queries)} queries, {args.order} AP first"
+        page = ranked_page.evaluation_page(ranked, stem.with_suffix(".html"), title)
+        log.info("ranked lists: %s and %s", page, ranked_page.evaluation_png(ranked, stem.with_suffix(".png")))
     return 0
 
 
@@ -224,6 +248,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="evaluate even when the run's config.yaml is not the configuration its weights were trained with",
     )
+    e.add_argument(
+        "--visrank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also draw the top-K ranked lists (HTML and PNG beside the JSON record, named ...-ranked-ORDER)",
+    )
+    e.add_argument(
+        "--order", choices=ORDERS, default="worst", help="which queries --visrank shows: by AP (default worst)"
+    )
+    e.add_argument("--visrank-queries", type=int, default=20, metavar="N", help="how many queries --visrank shows")
     e.set_defaults(func=_evaluate)
 
 
@@ -333,10 +368,99 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
+# ---------------------------------------------------------------------------------------------- embed, search
+@_reports_user_errors
+def _embed(args: argparse.Namespace) -> int:
+    embed_folder(
+        args.model,
+        args.images,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+        force=args.force,
+    )
+    return 0
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="descriptors of a folder of person crops, with a trained model",
+        description="Embed every JPEG/PNG/BMP under a folder (any names, any depth) with a run folder, exported "
+        "weights (`export`) or an ONNX file, at the run's own test-time size and normalisation. Writes one .npz "
+        "(float32 L2-normalised descriptors, relative paths, provenance; no pickled objects). Embedding the same "
+        "folder into the same file again reuses the descriptors of unchanged files. Example: python -m canlib "
+        "embed --model runs/smoke --images data/synthetic/bounding_box_test --out gallery.npz",
+    )
+    p.add_argument("--model", required=True, help="a run folder, an exported weights file (.pt) or an ONNX file")
+    p.add_argument("--images", required=True, help="a folder of images (searched recursively) or one image")
+    p.add_argument(
+        "--out", required=True, help="the embeddings file (.npz); an existing one by the same model is reused"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="use a run whose config.yaml is not the configuration its weights had"
+    )
+    _add_embed_options(p)
+    p.set_defaults(func=_embed)
+
+
+def _add_embed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@_reports_user_errors
+def _search(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    check_destination(args.html)
+    result = search(
+        args.model,
+        args.query,
+        args.gallery,
+        top=args.top,
+        force=args.force,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print("\n".join(report_lines(result)))
+    log.info("ranked lists: %s", ranked_page.search_page(result, args.html, args.page_queries))
+    return 0
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="rank a gallery for query images; print the top-K and write an offline HTML page",
+        description="Query images (one file or a folder) against a gallery (a folder, or an .npz of `embed`), "
+        "exactly, by cosine distance. Prints each query's top-K and writes a self-contained HTML page. Where file "
+        "names follow Market-1501's pattern, matches and the protocol's junk are marked and each query's AP is "
+        "shown. Example: python -m canlib search --model runs/smoke --query data/synthetic/query "
+        "--gallery gallery.npz --top 10 --html search.html",
+    )
+    p.add_argument("--model", required=True, help="the model that embeds the queries (as `embed --model`)")
+    p.add_argument("--query", required=True, help="an image or a folder of images")
+    p.add_argument("--gallery", required=True, help="a folder of images or an embeddings file (.npz) of `embed`")
+    p.add_argument("--top", type=int, default=10, help="gallery images per query (default 10)")
+    p.add_argument("--html", default="search.html", help="the page written (default search.html)")
+    p.add_argument(
+        "--page-queries", type=_positive_int, default=50, help="queries on the page, the first N (default 50)"
+    )
+    p.add_argument("--force", action="store_true", help="compare with a gallery embedded by another model")
+    _add_embed_options(p)
+    p.set_defaults(func=_search)
+
+
 # ---------------------------------------------------------------------------------------------- data
 @_reports_user_errors
 def _make_synthetic(args: argparse.Namespace) -> int:
-    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig) if hasattr(args, f.name)}
     stats = make_synthetic(args.out, workers=args.workers, overwrite=args.overwrite, **knobs)
     log.info("statistics: %s", json.dumps({k: v for k, v in stats.items() if isinstance(v, int)}))
     if args.grid:
@@ -354,14 +478,11 @@ def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--ids", type=int, default=defaults.ids, help="number of identities (train + test)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same arguments: byte-identical files)")
-    for f in dataclasses.fields(SyntheticConfig):
-        if f.name not in ("ids", "seed"):
-            default = getattr(defaults, f.name)
-            p.add_argument(
-                f"--{f.name.replace('_', '-')}", type=type(default), default=default, help=SYNTHETIC_HELP[f.name]
-            )
+    for f in dataclasses.fields(SyntheticConfig):  # not given: the level's value (argparse.SUPPRESS)
+        flag, kind, choices = f"--{f.name.replace('_', '-')}", type(getattr(defaults, f.name)), None
+        if f.name == "level":
+            choices = list(LEVELS)
+        p.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=synthetic_help(f.name))
     p.add_argument("--workers", type=int, default=1, help="processes drawing images (output does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace a set already in --out")
     p.add_argument("--grid", default=None, help="also save a PNG grid of samples to this path")
@@ -370,7 +491,7 @@ def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
 
 @_reports_user_errors
 def _convert_cuhk03(args: argparse.Namespace) -> int:
-    counts = convert_cuhk03_np(args.mat, args.splits, args.out)
+    counts = convert_cuhk03_np(args.mat, args.splits, args.out, overwrite=args.overwrite)
     print(json.dumps(counts, indent=2))
     log.info("CUHK03-NP written under %s: train with --dataset cuhk03np --data-root %s", args.out, args.out)
     return 0
@@ -394,12 +515,17 @@ def _add_convert_cuhk03(sub: argparse._SubParsersAction) -> None:
         help="the new protocol's split files (the variant is read from each name), or one folder holding both",
     )
     p.add_argument("--out", required=True, help="the data root to write cuhk03-np/ into")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a variant's folder that --out already holds, whole (refused without this)",
+    )
     p.set_defaults(func=_convert_cuhk03)
 
 
 # ---------------------------------------------------------------------------------------------- experiments
-def _cluster_options(args: argparse.Namespace) -> launch.ClusterOptions:
-    """``--launcher submitit``'s job options (``--slurm-*``)."""
+def _cluster_options(args: argparse.Namespace, runs: Path) -> launch.ClusterOptions:
+    """``--launcher submitit``'s job options (``--slurm-*``); job files in ``--slurm-logs`` or ``runs/submitit``."""
     if args.slurm_time is None:
         raise ValueError("--launcher submitit needs --slurm-time MINUTES (each job's time limit)")
     extra = []
@@ -409,7 +535,7 @@ def _cluster_options(args: argparse.Namespace) -> launch.ClusterOptions:
             raise ValueError(f"--slurm-option expects KEY=VALUE (e.g. account=myproject), got {option!r}")
         extra.append((key.replace("-", "_"), int(value) if value.isdigit() else value))
     return launch.ClusterOptions(
-        folder=Path(args.slurm_logs or Path(args.runs) / "submitit"),
+        folder=Path(args.slurm_logs or runs / "submitit"),
         timeout_min=args.slurm_time,
         cluster=args.submitit_cluster,
         partition=args.slurm_partition,
@@ -491,24 +617,45 @@ def _ablate(args: argparse.Namespace) -> int:
     submitit = args.launcher == "submitit"
     results = args.results or grid.results_folder(args.config)
     grid.check_tables(results)
-    records = grid.run_grid(
-        args.config,
-        args.data_root,
-        rows=rows,
-        seeds=args.seeds,
-        results_dir=results,
-        runs_dir=_runs_folder(results, args.runs),
-        slices=args.slices,
-        force=args.force,
-        device=args.device,
-        jobs=args.jobs,
-        gpus=None if submitit else _local_gpus(args),
-        gpus_per_run=args.gpus_per_run,
-        cluster=_cluster_options(args) if submitit else None,
-        throughput=_throughput(args),
-    )
+    runs = _runs_folder(results, args.runs)
+    gpus = None if submitit else _local_gpus(args)
+    cluster, throughput = _cluster_options(args, runs) if submitit else None, _throughput(args)
+    with hold(runs, "ablate"):  # a second grid on these runs is refused here, naming this one
+        try:
+            records = grid.run_grid(
+                args.config,
+                args.data_root,
+                rows=rows,
+                seeds=args.seeds,
+                results_dir=results,
+                runs_dir=runs,
+                slices=args.slices,
+                force=args.force,
+                device=args.device,
+                jobs=args.jobs,
+                gpus=gpus,
+                gpus_per_run=args.gpus_per_run,
+                cluster=cluster,
+                throughput=throughput,
+            )
+        except grid.GridFailed as exc:
+            return _failed_runs(exc, results)
     print(grid.write_tables(records, results).to_string())
     return 0
+
+
+def _failed_runs(exc: grid.GridFailed, results: str | Path) -> int:
+    """Each failed run in one line (its log and last error), and the tables of the runs that did record."""
+    for failure in exc.failures:
+        log.error("%s", failure)
+    tables = Path(results) / "runs.csv"
+    if exc.records:
+        print(grid.write_tables(exc.records, results).to_string())
+        held = f"the tables ({tables}) hold only the {len(exc.records)} run(s) recorded"
+    else:
+        held = f"no run was recorded, the tables ({tables}) are left as they were"
+    log.error("%d run(s) failed: %s; fix the cause and run ablate again", len(exc.failures), held)
+    return EXIT_BAD_INPUT
 
 
 def _add_ablate_launch(p: argparse.ArgumentParser) -> None:
@@ -538,7 +685,9 @@ def _add_ablate_launch(p: argparse.ArgumentParser) -> None:
         help="submitit's executor (local: the same jobs as processes of this machine)",
     )
     p.add_argument("--slurm-partition", help="the partition the jobs go to (default: the cluster's)")
-    p.add_argument("--slurm-time", type=int, metavar="MINUTES", help="each job's time limit (needed by submitit)")
+    p.add_argument(
+        "--slurm-time", type=_positive_int, metavar="MINUTES", help="each job's time limit (needed by submitit)"
+    )
     p.add_argument("--slurm-mem", type=float, metavar="GB", help="memory per job (default: the cluster's)")
     p.add_argument("--slurm-cpus", type=int, help="CPUs per job (data loader workers; default: the cluster's)")
     p.add_argument(
@@ -599,9 +748,19 @@ def _decide(args: argparse.Namespace) -> int:
     _check_device(args.device)
     results = args.results or grid.results_folder(args.config, "decisions")
     runs = _runs_folder(results, args.runs)
-    for d in decide.run_decisions(
-        args.config, args.data_root, decide.STAGES, args.seeds, results, runs, args.jobs, args.device
-    ):
+    with hold(runs, "decide"):  # a second run of the decisions on these runs is refused here, naming this one
+        decisions = decide.run_decisions(
+            args.config,
+            args.data_root,
+            decide.STAGES,
+            args.seeds,
+            results,
+            runs,
+            args.jobs,
+            args.device,
+            overrides=args.overrides,
+        )
+    for d in decisions:
         print(f"{d.stage:10s} -> {d.chosen}  ({d.reason})")
     return 0
 
@@ -620,6 +779,12 @@ def _add_decide(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", help="working run folders (default runs/decisions/<profile>-<dataset>)")
     p.add_argument("--jobs", type=_positive_int, default=2, help="runs trained side by side")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (a GPU this machine has)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="configuration overrides of every run, after the validation split's (e.g. data.val_ids=5 on a small set)",
+    )
     p.set_defaults(func=_decide)
 
 
@@ -675,6 +840,7 @@ def _add_digest(sub: argparse._SubParsersAction) -> None:
 
 @_reports_user_errors
 def _controls(args: argparse.Namespace) -> int:
+    check_destination(args.out)  # a folder or a place that cannot be written: refused before any work
     cfg = load_config(args.config, [f"data.root={args.data_root}", *args.overrides])
     result = controls.write_trunk_only(cfg, args.out, args.device)
     for split, metrics in result["results"].items():
@@ -691,9 +857,11 @@ def _add_controls(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="the profile whose trunk and geometry are measured")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--out", default="results/controls/trunk-only.json")
+    p.add_argument("--out", default="results/controls/trunk-only.json", help="the JSON file to write")
     p.add_argument("--device", default="cpu")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="configuration overrides (e.g. data.val_ids=5 on a small set)"
+    )
     p.set_defaults(func=_controls)
 
 
@@ -733,6 +901,8 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_convert_cuhk03,
     _add_train,
     _add_evaluate,
+    _add_embed,
+    _add_search,
     _add_ablate,
     _add_export,
     _add_export_trunk,
@@ -759,7 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    _join_overrides(parser, args, extras)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -767,7 +938,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_BAD_INPUT
+    not_utf8 = _not_utf8(args)
+    if not_utf8 is not None:
+        log.error("%s", not_utf8)
+        return EXIT_BAD_INPUT
     return int(args.func(args) or 0)
+
+
+def _join_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: Sequence[str]) -> None:
+    """Overrides given after an option (``train a=1 --output X b=1``) join the others, in order; any
+    other argument argparse did not take is its usual error (exit code 2)."""
+    stray = [x for x in extras if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The one line for an argument that is not UTF-8 (a file name's stray byte): canlib's records
+    (config.yaml, run.json, JSON) name paths as UTF-8 text. None when every argument is."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                option = "key=value" if name == "overrides" else f"--{name.replace('_', '-')}"
+                return (
+                    f"{option} {os.fsencode(text)!r} is not UTF-8: canlib records paths as UTF-8 text "
+                    "(config.yaml, run.json); rename it, or name another place"
+                )
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m canlib runs canlib/__main__.py

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canlib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from canlib.metrics import JUNK_PID
+from canlib.metrics.search import protocol_topk
 from canlib.model import CAN
 
 
@@ -130,21 +130,7 @@ def ranked_lists(
     identity taken by the query's camera, and junk images (pid :data:`~canlib.metrics.JUNK_PID`),
     are not ranked. Ties are broken by gallery index (a stable sort).
     """
-    dist = distmat.detach().cpu().numpy() if isinstance(distmat, Tensor) else np.asarray(distmat)
-    q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
-    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
-    if dist.shape != (len(q_pids), len(g_pids)):
-        raise ValueError(f"distance matrix {dist.shape} does not match {len(q_pids)} queries x {len(g_pids)} gallery")
-    indices = np.empty((len(q_pids), topk), dtype=np.int64)
-    matches = np.empty((len(q_pids), topk), dtype=bool)
-    for i in range(len(q_pids)):
-        keep = ~((g_pids == q_pids[i]) & (g_camids == q_camids[i])) & (g_pids != JUNK_PID)
-        candidates = np.flatnonzero(keep)
-        if len(candidates) < topk:
-            raise ValueError(f"query {i} has only {len(candidates)} rankable gallery images, fewer than topk={topk}")
-        order = candidates[np.argsort(dist[i, candidates], kind="stable")[:topk]]
-        indices[i], matches[i] = order, g_pids[order] == q_pids[i]
-    return indices, matches
+    return protocol_topk(distmat, q_pids, q_camids, g_pids, g_camids, topk)
 
 
 def plot_ranked_lists(

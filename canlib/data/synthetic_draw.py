@@ -27,6 +27,7 @@ class Pose:
     phase: float = 0.0  # walking cycle, radians
     stride: float = 0.3  # leg swing amplitude, radians
     arm_swing: float = 0.2  # arm swing amplitude, radians
+    lean: float = 0.0  # the head's shift across, in body heights (a shear about the soles)
 
 
 def dim(color: RGB, factor: float) -> RGB:
@@ -40,9 +41,12 @@ class PersonPainter:
 
     def __init__(self, draw: ImageDraw.ImageDraw, cx: float, top: float, height: float) -> None:
         self.draw, self.cx, self.top, self.h = draw, cx, top, height
+        self.lean = 0.0
 
     # -- primitives (coordinates in body units) -----------------------------------
     def pt(self, u: float, v: float) -> tuple[float, float]:
+        if self.lean:
+            u = u + self.lean * (0.985 - v)
         return self.cx + u * self.h, self.top + v * self.h
 
     def poly(self, points: Sequence[tuple[float, float]], color: RGB) -> None:
@@ -79,6 +83,7 @@ class PersonPainter:
     # -- the figure ---------------------------------------------------------------
     def person(self, p: Identity, pose: Pose) -> None:
         """Draw ``p`` in ``pose``; the order of the parts depends on the viewpoint."""
+        self.lean = pose.lean
         if pose.view in ("front", "back"):
             self._frontal(p, pose)
         else:

@@ -5,7 +5,9 @@ patterns, shoes, bag, belt, logo). Colours come from a palette of common clothin
 colours, so unrelated people often share a colour, as in real data. A fraction of the
 identities come in HARD-NEGATIVE groups: the members share one outfit and differ in a
 single local detail (shoe colour, logo, belt, bag, head wear, lower clothing or the
-pattern of the top), like the pairs of the paper's Figure 1.
+pattern of the top), like the pairs of the paper's Figure 1. With ``global_share`` > 0, that
+share of the groups differ instead by a GLOBAL cue: the tone of the whole outfit, its tint, or
+the build, every local detail shared, as real look-alikes often do.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ LOGO_SHAPES = ("circle", "square", "triangle", "bar")
 #: The local details in which the members of a hard-negative group differ.
 DETAILS = ("shoes", "logo", "belt", "bag", "headwear", "lower", "pattern")
 DETAIL_WEIGHTS = (0.26, 0.16, 0.10, 0.20, 0.10, 0.10, 0.08)
+#: The global cues in which the members of a global look-alike group differ (every local detail shared):
+#: the lightness of the whole outfit, a colour tint over the whole outfit, or the build (height and width).
+GLOBAL_CUES = ("tone", "tint", "build")
+#: The clothing colours a global cue changes together (the whole outfit, not one part of it).
+OUTFIT_COLORS = ("upper", "pattern_color", "lower", "shoes", "bag_color", "headwear_color", "logo_color", "belt")
 
 
 @dataclass
@@ -193,31 +200,90 @@ def _vary(base: Identity, pid: int, detail: str, others: Sequence[Identity], rng
     return ident
 
 
-def make_identities(
-    pids: Sequence[int], seed: int, hard_negative_fraction: float = 0.4, group_size: int = 3
-) -> tuple[list[Identity], list[list[int]]]:
-    """Identities for ``pids`` and the hard-negative groups (lists of pids).
+def _mix(color: RGB, target: RGB, amount: float) -> RGB:
+    """``color`` moved by ``amount`` (0..1) towards ``target``."""
+    r, g, b = (round(c + (t - c) * amount) for c, t in zip(color, target, strict=True))
+    return r, g, b
 
-    About ``hard_negative_fraction`` of the ids fall in groups of 2..``group_size`` members.
-    Deterministic in ``seed`` and ``pids``.
+
+def _global_cue(seed: int, group: int, share: float) -> tuple[str, int] | None:
+    """The global cue of look-alike group ``group`` and its first tint, or None (a local group).
+
+    Its own generator: ``share`` 0 draws nothing, and the groups' other draws do not move.
     """
-    rng = np.random.default_rng([seed, 200])
-    order = [int(p) for p in rng.permutation(np.asarray(pids))]
-    n_grouped = round(hard_negative_fraction * len(order))
+    if share <= 0:
+        return None
+    rng = np.random.default_rng([seed, 202, group])
+    if rng.random() >= share:
+        return None
+    return GLOBAL_CUES[int(rng.integers(len(GLOBAL_CUES)))], int(rng.integers(len(ACCENT)))
+
+
+def _vary_global(base: Identity, pid: int, k: int, cue: str, tint: int) -> Identity:
+    """Member ``k`` of a global look-alike group: ``base`` with the whole outfit (or the build) shifted.
+
+    Member 0 is ``base`` itself; member ``k`` > 0 is ``k`` steps away, so members differ pairwise.
+    tone: every clothing colour mixed by 0.15 k towards white (a dark outfit) or black (a light one);
+    tint: every clothing colour mixed by 0.26 towards accent colour ``tint + k`` (its own);
+    build: height and width 0.05 and 0.1 per step, alternately up and down.
+    """
+    ident = dataclasses.replace(base, pid=pid, detail=cue)
+    if k == 0:
+        return ident
+    sign = 1 if k % 2 else -1
+    steps = (k + 1) // 2
+    if cue == "build":
+        ident.height = float(base.height + sign * 0.05 * steps)
+        ident.width = float(base.width - sign * 0.1 * steps)
+        return ident
+    accents = list(ACCENT.values())
+    dark = sum(base.upper) + sum(base.lower) < 6 * 128
+    target = accents[(tint + k) % len(accents)] if cue == "tint" else (244, 244, 240) if dark else (12, 12, 14)
+    amount = 0.26 if cue == "tint" else min(0.15 * k, 0.75)
+    for name in OUTFIT_COLORS:
+        color = getattr(ident, name)
+        if color is not None:
+            setattr(ident, name, _mix(color, target, amount))
+    return ident
+
+
+def _groups(order: Sequence[int], n_grouped: int, group_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Consecutive runs of ``order`` of 2..``group_size`` members, ``n_grouped`` ids in all."""
     groups: list[list[int]] = []
     i = 0
     while group_size >= 2 and n_grouped - i >= 2:
         size = min(int(rng.integers(2, group_size + 1)), n_grouped - i)
         groups.append(sorted(order[i : i + size]))
         i += size
+    return groups
+
+
+def make_identities(
+    pids: Sequence[int],
+    seed: int,
+    hard_negative_fraction: float = 0.4,
+    group_size: int = 3,
+    *,
+    global_share: float = 0.0,
+) -> tuple[list[Identity], list[list[int]]]:
+    """Identities for ``pids`` and the hard-negative groups (lists of pids).
+
+    About ``hard_negative_fraction`` of the ids fall in groups of 2..``group_size`` members; about
+    ``global_share`` of the groups differ by a global cue (:data:`GLOBAL_CUES`), the others by one
+    local detail. Deterministic in ``seed`` and ``pids``; ``global_share`` 0 draws nothing new.
+    """
+    rng = np.random.default_rng([seed, 200])
+    order = [int(p) for p in rng.permutation(np.asarray(pids))]
+    groups = _groups(order, round(hard_negative_fraction * len(order)), group_size, rng)
     identities: dict[int, Identity] = {}
     for g, members in enumerate(groups):
         grng = np.random.default_rng([seed, 201, g])
         base = random_identity(members[0], grng)
         detail = DETAILS[int(grng.choice(len(DETAILS), p=DETAIL_WEIGHTS))]
+        cue = _global_cue(seed, g, global_share)
         made: list[Identity] = []
-        for pid in members:
-            made.append(_vary(base, pid, detail, made, grng))
+        for k, pid in enumerate(members):
+            made.append(_vary_global(base, pid, k, *cue) if cue else _vary(base, pid, detail, made, grng))
             made[-1].group = g
             identities[pid] = made[-1]
     for pid in pids:

@@ -11,7 +11,6 @@ bad input (exit code 2).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canlib.files import UnsafeFileError, load_tensors
+from canlib.files import DiskFullError, UnsafeFileError, load_tensors, write_atomically
 
 #: A run folder's checkpoint, relative to the folder.
 CHECKPOINT = "checkpoints/last.pt"
@@ -39,21 +38,19 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file.
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file
+    (:func:`canlib.files.write_atomically`).
 
-    Raises :class:`CheckpointError` naming ``path`` when the folder or file cannot be written.
+    Raises :class:`CheckpointError` naming ``path`` when the folder or file cannot be written, and
+    :class:`canlib.files.DiskFullError` naming it when the disk is full (the partial file removed).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        return write_atomically(path, lambda fh: torch.save(obj, fh))
+    except DiskFullError:
+        raise
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

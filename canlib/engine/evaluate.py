@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from canlib.engine.build import build_eval_loaders, resolve_device, target_confi
 from canlib.engine.precision import autocast
 from canlib.engine.record import run_record
 from canlib.engine.weights import load_run_checkpoint, model_from_state
-from canlib.metrics import evaluate_features
+from canlib.files import write_text_atomically
+from canlib.metrics import evaluate_features, pairwise_distance
+from canlib.metrics.distance import to_numpy
+from canlib.metrics.search import protocol_topk
 from canlib.model import CAN
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,17 @@ def evaluate_model(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     gather: Callable[[torch.Tensor, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]] | None = None,
+    keep: dict[str, Any] | None = None,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Extract query and gallery descriptors and compute CMC, mAP and mINP.
+
+    ``per_query``: also return each query's AP (``ap_per_query``, in the query split's order, ``None``
+    for a query the protocol skips), what an interval over test identities is computed from.
+
+    ``keep``: filled with what the ranked lists are drawn from: the descriptors ``qf`` and ``gf``,
+    the labels (``q_pids``, ``g_pids``, ``q_camids``, ``g_camids``) and each query's AP (``ap_per_query``,
+    NaN for the queries the protocol skips).
 
     ``gather`` (multi-process runs): combines every process's extracted (features, pids,
     camids) into the whole split's, so that every process evaluates the same model on all of it
@@ -96,7 +109,11 @@ def evaluate_model(
         max_rank=max_rank,
         ap=ap,
         rerank=rerank,
+        return_per_query=keep is not None or per_query,
     )
+    if keep is not None:
+        keep.update(qf=qf, gf=gf, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids)
+        keep["ap_per_query"] = np.asarray(result["ap_per_query"], dtype=float)
     cmc = np.asarray(result["cmc"], dtype=float)
     out: dict[str, Any] = {
         "mAP": float(result["mAP"]),
@@ -112,6 +129,8 @@ def evaluate_model(
         "num_valid_queries": int(result.get("num_valid_queries", len(q_pids))),
         "descriptor_dim": int(qf.shape[1]),
     }
+    if per_query:
+        out["ap_per_query"] = [None if math.isnan(a) else float(a) for a in np.asarray(result["ap_per_query"], float)]
     return out
 
 
@@ -171,6 +190,9 @@ def evaluate_run(
     rerank: bool | None = None,
     out: str | Path | None = None,
     force: bool = False,
+    visrank: int = 0,
+    order: str = "worst",
+    visrank_queries: int = 20,
 ) -> dict[str, Any]:
     """Evaluate a training run's model on a query/gallery split: its own, or another data set's.
 
@@ -180,16 +202,21 @@ def evaluate_run(
     with another configuration than the run's ``config.yaml`` are refused unless ``force``
     (:func:`canlib.engine.weights.load_run_checkpoint`). Returns the metrics (as
     :func:`evaluate_model`) with ``evaluation`` (source, target, options, checkpoint) and
-    ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON.
+    ``record`` (as a training run's ``run.json``); ``out`` also writes them as JSON. With ``visrank``
+    K > 0, ``ranked`` holds the top-K lists of ``visrank_queries`` queries in ``order``
+    (:func:`ranked_lists`; not written to JSON).
     """
+    check_visrank(visrank, order, visrank_queries, bool(rerank))
     source, ckpt, state = load_run_checkpoint(run_dir, checkpoint, force=force)
     cfg = target_config(source, dataset, None if data_root is None else str(data_root))
     dev = resolve_device(device)
     run = RunSections.from_config(cfg)
     model, meta = model_from_state(cfg, state, ckpt, dev)
-    _, query_loader, gallery_loader = build_eval_loaders(run.data)
+    target, query_loader, gallery_loader = build_eval_loaders(run.data)
     options = evaluation_options(run.eval, metric, ap, flip_tta, rerank)
-    metrics = evaluate_model(model, query_loader, gallery_loader, dev, **options)
+    check_visrank(visrank, order, visrank_queries, bool(options["rerank"]))
+    kept: dict[str, Any] | None = {} if visrank else None
+    metrics = evaluate_model(model, query_loader, gallery_loader, dev, **options, keep=kept, per_query=True)
     recorded = {key: value for key, value in options.items() if key != "chunk_size"}
     result = {
         **metrics,
@@ -197,8 +224,10 @@ def evaluate_run(
         "record": run_record(cfg, dev),
     }
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomically(out, json.dumps(result, indent=2) + "\n")
+    if kept is not None:
+        paths = ([r[0] for r in target.query], [r[0] for r in target.gallery])
+        result["ranked"] = ranked_lists(kept, *paths, visrank, order, visrank_queries, options["metric"])
     log.info(
         "%s on %s (%s): mAP %.4f rank-1 %.4f",
         run_dir,
@@ -260,6 +289,75 @@ def evaluation_path(run_dir: str | Path, result: dict[str, Any]) -> Path:
 def record_evaluation(run_dir: str | Path, result: dict[str, Any], out: str | Path | None = None) -> Path:
     """Write an :func:`evaluate_run` result as JSON to ``out`` (default :func:`evaluation_path`)."""
     path = Path(out) if out else evaluation_path(run_dir, result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(path, json.dumps({k: v for k, v in result.items() if k != "ranked"}, indent=2) + "\n")
     return path
+
+
+#: Which queries' ranked lists are shown: lowest AP first (FastReID's default), highest first, or drawn at random.
+ORDERS = ("worst", "best", "random")
+
+
+@dataclasses.dataclass
+class RankedLists:
+    """Chosen queries' ranked lists as the evaluator ranks them (the protocol's junk left out).
+
+    ``queries``: the query images; ``gallery``: per query, its top-K gallery images; ``distances`` and
+    ``matches`` ``(n, K)``; ``ap`` each query's AP; ``order`` how the queries were chosen.
+    """
+
+    queries: list[str]
+    gallery: list[list[str]]
+    distances: np.ndarray
+    matches: np.ndarray
+    ap: np.ndarray
+    order: str
+    metric: str
+
+
+def check_visrank(visrank: int, order: str, queries: int, rerank: bool) -> None:
+    """Refuse ranked-list options that cannot be drawn, in one line."""
+    if visrank < 0 or (visrank and queries < 1):
+        raise ValueError(f"--visrank and --visrank-queries must be positive, got {visrank} and {queries}")
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+    if visrank and rerank:
+        raise ValueError("--visrank draws the plain distances' ranked lists: not with --rerank")
+
+
+def select_queries(ap: np.ndarray, order: str, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` queries with an AP: the lowest first (``worst``), the highest (``best``), or a
+    random draw (``random``, from ``seed``); ties by query index."""
+    valid = np.flatnonzero(np.isfinite(ap))
+    if order == "worst":
+        chosen = valid[np.argsort(ap[valid], kind="stable")]
+    elif order == "best":
+        chosen = valid[np.argsort(-ap[valid], kind="stable")]
+    else:
+        chosen = np.random.default_rng(seed).permutation(valid)
+    return chosen[:count]
+
+
+def ranked_lists(
+    kept: dict[str, Any],
+    query_paths: list[str],
+    gallery_paths: list[str],
+    k: int,
+    order: str,
+    count: int,
+    metric: str,
+) -> RankedLists:
+    """The top-``k`` lists of ``count`` queries chosen by ``order`` (:func:`select_queries`), from what
+    :func:`evaluate_model` kept; only the chosen queries' distances are computed."""
+    chosen = select_queries(kept["ap_per_query"], order, count)
+    dist = pairwise_distance(kept["qf"][torch.as_tensor(chosen)], kept["gf"], metric=metric)
+    labels = (kept["q_pids"][chosen], kept["q_camids"][chosen], kept["g_pids"], kept["g_camids"])
+    indices, matches = protocol_topk(dist, *labels, topk=min(k, len(gallery_paths)))
+    return RankedLists(
+        queries=[query_paths[i] for i in chosen],
+        gallery=[[gallery_paths[j] for j in row] for row in indices],
+        distances=np.take_along_axis(to_numpy(dist), indices, axis=1),
+        matches=matches,
+        ap=kept["ap_per_query"][chosen],
+        order=order,
+        metric=metric,
+    )

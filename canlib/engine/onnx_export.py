@@ -19,6 +19,7 @@ retrieval metrics computed from each; :func:`check_parity` fails loudly beyond t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from canlib.config import RunSections
 from canlib.engine.build import build_eval_loaders
 from canlib.engine.evaluate import extract_features
-from canlib.engine.weights import check_destination, load_run_checkpoint, model_from_state
+from canlib.engine.weights import check_destination, load_run_checkpoint, model_from_state, stored_config_hash
+from canlib.files import DiskFullError, write_path_atomically
 from canlib.metrics import evaluate_features
 from canlib.model import CAN
 
@@ -101,7 +103,6 @@ def export_onnx(
         dest = check_destination(dest)
     except OSError as exc:
         raise ExportError(str(exc)) from None
-    tmp = dest.with_name(dest.name + ".tmp")
     model = model.eval().float().cpu()
     example = torch.zeros(2, 3, int(height), int(width))
     try:
@@ -121,12 +122,11 @@ def export_onnx(
             raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
         for key, value in (metadata or {}).items():
             program.model.metadata_props[key] = str(value)
-        program.save(tmp)
-        os.replace(tmp, dest)
+        write_path_atomically(dest, program.save)
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -206,6 +206,13 @@ def check_parity(report: dict[str, Any], max_abs_diff: float = MAX_ABS_DIFF, min
         raise ParityError(f"ONNX parity check failed for {report['onnx']}: " + "; ".join(problems), report)
 
 
+def _trained_at(run_dir: Path) -> str | None:
+    """The commit a run was trained at (its ``run.json``), or None."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((run_dir / "run.json").read_text()).get("git", {}).get("commit")
+    return None
+
+
 def export_run(
     run_dir: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -244,6 +251,8 @@ def export_run(
         "input": f"RGB float32, {d['height']}x{d['width']}, " + ("ImageNet mean/std" if d["normalize"] else "[0, 1]"),
         "parts": str(list(model.parts)),
         "descriptor_dim": str(model.descriptor_dim),
+        "config_hash": str(stored_config_hash(state) or ""),
+        "commit": str(_trained_at(Path(run_dir)) or ""),
     }
     export_onnx(model, dest, int(d["height"]), int(d["width"]), opset, metadata=info)
     report: dict[str, Any] = {"onnx": str(dest), "opset": int(opset), "source_run": str(run_dir)}

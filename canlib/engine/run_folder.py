@@ -70,24 +70,26 @@ _HELD: set[Path] = set()
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path, command: str) -> Iterator[None]:
+def locked(folder: str | Path, command: str, lock_file: str | Path | None = None) -> Iterator[None]:
     """Hold ``folder``'s exclusive lock while ``command`` runs; refuse at once, naming the holder, when
     another process holds it. The lock is the kernel's (``filelock``, flock on POSIX): a killed holder
     releases it, so a later ``--resume`` is never blocked by a stale lock. A folder that cannot be
-    written (a read-only run evaluated with ``--out``) cannot be trained either, and is not locked."""
+    written (a read-only run evaluated with ``--out``) cannot be trained either, and is not locked.
+    ``lock_file`` (default ``folder/.lock``) locks a folder from beside it, before it exists."""
     folder = Path(folder)
+    path = Path(lock_file) if lock_file is not None else folder / LOCK
     holder = f"pid {os.getpid()} on {socket.gethostname()} ({command})"
 
     def sign(fd: int) -> None:  # who holds it, for the refusal the next command prints
         os.ftruncate(fd, 0)
         os.write(fd, holder.encode())
 
-    lock = filelock.FileLock(folder / LOCK, timeout=0, on_acquired=sign)
+    lock = filelock.FileLock(path, timeout=0, on_acquired=sign)
     try:
         lock.acquire()
     except filelock.Timeout:
         try:
-            other = (folder / LOCK).read_text().strip() or "another process"
+            other = path.read_text().strip() or "another process"
         except OSError:
             other = "another process"
         raise FolderBusy(f"{folder} is in use by {other}: wait for it to finish, or choose another folder") from None
@@ -136,6 +138,23 @@ def hold(folder: str | Path, command: str) -> Iterator[None]:
             folder.rmdir()
 
 
+def _check_output_path(out: Path) -> None:
+    """An output path the run's records can name (UTF-8) and that leads somewhere (no dangling or looping link)."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunFolderError(
+            f"--output {str(out)!a} is not a UTF-8 path: the run's records (config.yaml, run.json) cannot "
+            "name it; choose a name of UTF-8 characters"
+        ) from None
+    for path in (out, *out.parents):
+        if path.is_symlink() and not path.exists():
+            raise RunFolderError(
+                f"--output {out}: {path} is a symbolic link that leads nowhere (a loop, or a missing target); "
+                "remove it or choose another --output"
+            )
+
+
 def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -> None:
     """Before any work: refuse a folder holding a run (unless resuming or overwriting) and one
     that cannot be written. Writes nothing but a temporary probe file, removed at once."""
@@ -143,6 +162,7 @@ def check_output_dir(out: Path, resume: bool = False, overwrite: bool = False) -
         raise RunFolderError(
             "--resume continues the run in the output folder and --overwrite replaces it: pass one of them"
         )
+    _check_output_path(out)
     check_not_busy(out)
     found = [name for name in RUN_FILES if (out / name).is_file()]
     if found and not (resume or overwrite):

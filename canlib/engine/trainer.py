@@ -207,6 +207,7 @@ class Trainer:
             amp_dtype=self.amp_dtype,
             channels_last=self.channels_last,
             gather=distributed.eval_gatherer(self.device) if self.dist.enabled else None,
+            per_query=True,
         )
 
     # ------------------------------------------------------------------ the run

@@ -24,6 +24,7 @@ from canlib.data.base import ReIDDataset
 from canlib.engine.build import build_model, validation_split
 from canlib.engine.evaluate import evaluate_model, evaluation_options
 from canlib.engine.record import run_record
+from canlib.files import write_text_atomically
 from canlib.model import CAN
 
 #: The validation folds of the decision runs (:data:`canlib.lab.decide.VALIDATION`: seed s draws fold s).
@@ -66,13 +67,43 @@ def _split(dataset: ReIDDataset, spec: Mapping[str, Any] | None, data: DataSecti
     return validation_split(dataset, section, like_test_gallery=bool(spec.get("like_test_gallery")))
 
 
+def splits_for(data: DataSection) -> dict[str, dict[str, Any] | None]:
+    """:data:`SPLITS` with the user's ``data.val_ids`` and ``data.val_gallery_ids`` (when set) in place
+    of their 50 held-out identities and 200 new gallery people."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for name, spec in SPLITS.items():
+        mine = None if spec is None else dict(spec)
+        if mine is not None and data.val_ids:
+            mine["num_ids"] = data.val_ids
+        if mine is not None and data.val_gallery_ids and "gallery_ids" in mine:
+            mine["gallery_ids"] = data.val_gallery_ids
+        out[name] = mine
+    return out
+
+
+def check_validation_ids(val_ids: int, num_train_pids: int, root: Any) -> None:
+    """Before anything is written: ``val_ids`` held-out identities leave at least two to train on
+    (``ValueError`` naming ``data.val_ids``, the data set and what it allows)."""
+    if not 0 < val_ids < num_train_pids - 1:
+        allowed = f"from 1 to {num_train_pids - 2}" if num_train_pids > 2 else "none: the set is too small"
+        raise ValueError(
+            f"data.val_ids={val_ids} holds out more training identities than {root} has ({num_train_pids}): "
+            f"pass data.val_ids=N with N {allowed}"
+        )
+
+
 def trunk_only(
-    cfg: Mapping[str, Any], device: str = "cpu", splits: Mapping[str, Mapping[str, Any] | None] = SPLITS
+    cfg: Mapping[str, Any], device: str = "cpu", splits: Mapping[str, Mapping[str, Any] | None] | None = None
 ) -> dict[str, Any]:
-    """The control's metrics on every split of ``splits``, with the run record of the measurement."""
+    """The control's metrics on every split of ``splits`` (default :func:`splits_for` the configuration),
+    with the run record of the measurement; the data set's size is checked before any split is drawn."""
     run = RunSections.from_config(cfg)
     model_section = dataclasses.replace(run.model, parts=(1,), collaborative=False)
     full = load_dataset(run.data.dataset, run.data.root, **run.data.options)
+    splits = splits_for(run.data) if splits is None else splits
+    for spec in splits.values():
+        if spec is not None:
+            check_validation_ids(int(spec["num_ids"]), full.num_train_pids, run.data.root)
     torch.manual_seed(run.seed)
     trunk = TrunkDescriptor(build_model(model_section, full.num_train_pids)).eval()
     results = {}
@@ -91,8 +122,7 @@ def trunk_only(
 
 
 def write_trunk_only(cfg: Mapping[str, Any], out: str | Path, device: str = "cpu") -> dict[str, Any]:
-    """Measure :func:`trunk_only` and write it as JSON to ``out``."""
+    """Measure :func:`trunk_only` and write it whole to ``out`` as JSON (:func:`canlib.files.write_text_atomically`)."""
     result = trunk_only(cfg, device)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomically(out, json.dumps(result, indent=1) + "\n")
     return result

@@ -39,7 +39,9 @@ from typing import Any
 
 from canlib.config import RunSections, load_config
 from canlib.engine.build import build_dataset
+from canlib.files import write_text_atomically
 from canlib.lab.analysis import summarize
+from canlib.lab.controls import check_validation_ids
 from canlib.lab.grid import Row, run_grid
 
 log = logging.getLogger(__name__)
@@ -370,12 +372,14 @@ def run_decisions(
     runs_dir: str | Path = "runs/decisions/cpu-synthetic",
     jobs: int = 2,
     device: str = "cpu",
+    overrides: Sequence[str] = (),
 ) -> list[Decision]:
-    """Run the stages in order (reusing recorded runs) and write ``decisions.json``."""
+    """Run the stages in order (reusing recorded runs) and write ``decisions.json``. ``overrides``
+    (e.g. ``data.val_ids=5`` on a small set) apply to every run, after the validation split's own."""
     chosen: list[str] = []
     decisions: list[Decision] = []
     out = Path(results_dir) / "decisions.json"
-    validation, chance = split_of(profile, data_root)
+    validation, chance = split_of(profile, data_root, overrides)
     for index, stage in enumerate(stages):
         rows = stage_rows(stage, chosen, pending_defaults(stages, index), validation)
         records = run_grid(profile, data_root, rows, seeds, results_dir, runs_dir, device=device, jobs=jobs)
@@ -384,7 +388,8 @@ def run_decisions(
         decisions.append(decision)
         chosen += stage.option(decision.chosen).overrides
         # written after every stage: an interrupted sequence still records what it decided
-        out.write_text(
+        write_text_atomically(
+            out,
             json.dumps(
                 {
                     "validation": list(validation),
@@ -399,7 +404,7 @@ def run_decisions(
                 },
                 indent=1,
             )
-            + "\n"
+            + "\n",
         )
     return decisions
 
@@ -412,13 +417,18 @@ def validation_overrides(dataset: str, train_ids: int) -> tuple[str, ...]:
     return (f"data.val_ids={max(2, round(train_ids / 5))}", "data.val_seed=${seed}")
 
 
-def split_of(profile: str | Path, data_root: str | Path) -> tuple[tuple[str, ...], float]:
-    """The decision runs' validation overrides (:func:`validation_overrides`) and the CE of a
-    classifier at chance on them: ln of the number of identities they train on."""
-    cfg = load_config(profile, [f"data.root={data_root}"])
+def split_of(
+    profile: str | Path, data_root: str | Path, overrides: Sequence[str] = ()
+) -> tuple[tuple[str, ...], float]:
+    """The decision runs' validation overrides (:func:`validation_overrides`, then the user's ``overrides``)
+    and the CE of a classifier at chance on them: ln of the number of identities they train on. The
+    data set's size is checked (:func:`canlib.lab.controls.check_validation_ids`) before a split is drawn."""
+    whole = ("data.val_ids=0", "data.val_gallery_ids=0")  # the whole training split, whatever the overrides hold
+    cfg = load_config(profile, [*overrides, *whole, f"data.root={data_root}"])
     full = build_dataset(RunSections.from_config(cfg).data)
-    validation = validation_overrides(cfg["data"]["dataset"], full.num_train_pids)
+    validation = (*validation_overrides(cfg["data"]["dataset"], full.num_train_pids), *overrides)
     data = RunSections.from_config(load_config(profile, [*validation, f"data.root={data_root}"])).data
+    check_validation_ids(data.val_ids, full.num_train_pids, data_root)
     return validation, math.log(build_dataset(data).num_train_pids)
 
 

@@ -16,6 +16,8 @@ statistics over seeds and the paper's claims live in :mod:`canlib.lab.analysis`.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -32,10 +34,12 @@ import pandas as pd
 import yaml
 
 from canlib import paper
-from canlib.config import config_hash, dump_config, load_config
+from canlib.config import ConfigError, RunSections, config_hash, dump_config, load_config
+from canlib.engine.build import build_model
 from canlib.engine.checkpoint import CHECKPOINT
 from canlib.engine.errors import error_line
 from canlib.engine.record import copy_record
+from canlib.engine.run_folder import FolderBusy, locked
 from canlib.lab import cost, launch
 from canlib.lab.analysis import METRIC_KEYS, summarize
 from canlib.lab.readout import read_slices, record_slices
@@ -162,6 +166,26 @@ def resolve(profile: str | Path, row: Row, seed: int, data_root: str | Path) -> 
     return load_config(profile, [*row.overrides, f"seed={seed}", f"data.root={data_root}", "train.progress=false"])
 
 
+def check_rows(profile: str | Path, rows: Sequence[Row], seed: int, data_root: str | Path) -> None:
+    """Before any training: every row's configuration is valid and its input high enough for its
+    largest part (``ValueError`` naming the first row that is not, and why)."""
+    strides: dict[str, int] = {}
+    for row in rows:
+        try:
+            run = RunSections.from_config(resolve(profile, row, seed, data_root))
+            trunk = dataclasses.replace(run.model, parts=(1,), collaborative=False, pretrained=None)
+            if repr(trunk) not in strides:  # one trunk per backbone: its output stride
+                strides[repr(trunk)] = build_model(trunk, 2).output_stride
+            need = strides[repr(trunk)] * (max(run.model.parts) - 1) + 1
+            if run.data.height < need:
+                raise ConfigError(
+                    f"data.height={run.data.height} is too small for model.parts={list(run.model.parts)} "
+                    f"(at least {need} pixels high)"
+                )
+        except (ConfigError, ValueError) as exc:
+            raise ValueError(f"row {row.label!r} of {row.table} cannot train: {error_line(exc)}") from None
+
+
 def provenance(run_dir: str | Path) -> dict[str, Any]:
     """The commit that trained a recorded run and whether its work tree differed from it (``run.json``)."""
     git = json.loads((Path(run_dir) / "run.json").read_text()).get("git") or {}
@@ -260,19 +284,60 @@ def read_grid_csv(results_dir: str | Path) -> list[dict[str, Any]]:
     return [{**rec, **provenance(results_dir / rec["run"])} for rec in records]
 
 
+class RunFailed(RuntimeError):
+    """A grid run whose training child failed; the message names the run, its log and the log's last error."""
+
+
+class GridFailed(RuntimeError):
+    """Some runs of the grid failed (``failures``, one line each); ``records`` holds the runs recorded."""
+
+    def __init__(self, failures: Sequence[str], records: Sequence[dict[str, Any]]) -> None:
+        super().__init__(f"{len(failures)} run(s) of the grid failed: {'; '.join(failures)}")
+        self.failures, self.records = list(failures), list(records)
+
+
+def run_lock(run_dir: Path) -> Path:
+    """The lock of a grid run's working folder, beside it (``<hash>.lock``): held while the run's
+    configuration, log and folder are written, so that a second job on the run writes none of them."""
+    return run_dir.with_name(f"{run_dir.name}.lock")
+
+
+def last_error(log_file: Path) -> str:
+    """The child's last error line in its log (the CLI's ``ERROR`` line, its message alone), else its last line."""
+    try:
+        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if " ERROR " in ln]
+    if errors:
+        return errors[-1].split(" ERROR ", 1)[1].split(": ", 1)[-1]
+    return lines[-1] if lines else "the log is empty"
+
+
 def _train_subprocess(
     cfg: dict[str, Any], run_dir: Path, device: str, threads: int | None, nproc: int = 1, slot: launch.Slot = None
 ) -> None:
     """Train in a child process (one per core keeps both cores busy with small models; under torchrun
     for ``nproc > 1``; on the GPUs of ``slot`` only); the requested configuration and the child's output
-    lie beside the run folder (``<hash>.yaml``, ``<hash>.log``)."""
+    lie beside the run folder (``<hash>.yaml``, ``<hash>.log``). The caller holds :func:`run_lock`.
+    :class:`RunFailed` when the child fails, naming its log and the log's last error line."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir.with_name(f"{run_dir.name}.yaml")
     dump_config(cfg, cfg_path)
     cmd = launch.train_command(cfg_path, run_dir, device, nproc)
     env = launch.child_env(os.environ, threads, slot, nproc)
-    with run_dir.with_name(f"{run_dir.name}.log").open("w") as fh:
-        subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    log_file = run_dir.with_name(f"{run_dir.name}.log")
+    with log_file.open("w") as fh:
+        code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        raise RunFailed(f"run {run_dir.name} failed (exit code {code}): {last_error(log_file)} (its log: {log_file})")
+
+
+def _locked_run(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """:func:`canlib.engine.run_folder.locked` of a grid run, by :func:`run_lock`; refused (``FolderBusy``)
+    at once when another job trains it."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return locked(run_dir, f"grid run {run_dir.name}", lock_file=run_lock(run_dir))
 
 
 def train_and_record(
@@ -289,14 +354,16 @@ def train_and_record(
     """Train one run in its working folder ``run_dir`` (resuming it, or from scratch with ``fresh``) and
     copy its record to ``results_dir/<hash>``; returns that folder. What the local pool runs for each
     run, and what a cluster job runs (top-level, plain arguments: submitit pickles it). With
-    ``slices``, the trained model is also read out on its global and local slices (:mod:`canlib.lab.readout`)."""
+    ``slices``, the trained model is also read out on its global and local slices (:mod:`canlib.lab.readout`).
+    Nothing of the run is touched (its folder, configuration or log) while another job holds it."""
     folder = Path(run_dir)
-    if fresh and folder.exists():
-        shutil.rmtree(folder)
-    _train_subprocess(cfg, folder, device, threads, nproc, slot)
-    dest = copy_record(folder, Path(results_dir) / folder.name)
-    if slices:
-        record_slices(folder, dest, device)
+    with _locked_run(folder):
+        if fresh and folder.exists():
+            shutil.rmtree(folder)
+        _train_subprocess(cfg, folder, device, threads, nproc, slot)
+        dest = copy_record(folder, Path(results_dir) / folder.name)
+        if slices:
+            record_slices(folder, dest, device)
     log.info("recorded %s", dest)
     return str(dest)
 
@@ -311,17 +378,24 @@ def _train_on_pool(
     nproc: int,
     fresh: bool,
     slices: bool = False,
-) -> None:
-    """Train ``todo`` side by side, one run per slot; the rest wait in the pool's queue."""
+) -> list[str]:
+    """Train ``todo`` side by side, one run per slot; the rest wait in the pool's queue. Returns the
+    failed runs, one line each (a failed run does not stop the others)."""
     free = launch.SlotPool(slots)
+    failures: list[str] = []
 
     def work(item: tuple[str, dict[str, Any]]) -> None:
         key, cfg = item
+        run, results = str(runs_dir / key), str(results_dir)
         with free.take() as slot:
-            train_and_record(cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, slot, fresh, slices)
+            try:
+                train_and_record(cfg, run, results, device, threads, nproc, slot, fresh, slices)
+            except (RunFailed, FolderBusy) as exc:
+                failures.append(str(exc))
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         list(pool.map(work, todo.items()))
+    return failures
 
 
 def _train_on_cluster(
@@ -334,14 +408,18 @@ def _train_on_cluster(
     nproc: int,
     fresh: bool,
     slices: bool = False,
-) -> None:
-    """Submit ``todo`` as one job array through submitit and wait for every job."""
+) -> list[str]:
+    """Submit ``todo`` as one job array through submitit and wait for every job; the failures, one line."""
     runs_dir, results_dir = runs_dir.resolve(), results_dir.resolve()  # the jobs may start elsewhere
     calls = [
         (cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, None, fresh, slices)
         for key, cfg in todo.items()
     ]
-    launch.wait(launch.submit(train_and_record, calls, cluster), list(todo))
+    try:
+        launch.wait(launch.submit(train_and_record, calls, cluster), list(todo))
+    except launch.JobsFailed as exc:
+        return [str(exc)]
+    return []
 
 
 def run_grid(
@@ -381,6 +459,7 @@ def run_grid(
     check_seeds(seeds)
     results_dir, runs_dir = Path(results_folder(profile) if results_dir is None else results_dir), Path(runs_dir)
     slots: list[launch.Slot] = list(launch.place(jobs, gpus, gpus_per_run)) if gpus is not None else [None] * jobs
+    check_rows(profile, rows, seeds[0], data_root)
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
     todo = {key: cfg for key, cfg in plan.items() if force or recorded_run(results_dir, cfg) is None}
     for cfg in todo.values():
@@ -389,12 +468,16 @@ def run_grid(
     log.info("%s", cost.estimate_grid(list(todo.values()), throughput).line())
 
     if cluster is not None:
-        _train_on_cluster(todo, runs_dir, results_dir, device, cluster, threads_per_job, gpus_per_run, force, slices)
+        failures = _train_on_cluster(
+            todo, runs_dir, results_dir, device, cluster, threads_per_job, gpus_per_run, force, slices
+        )
     else:
         threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(len(slots), 1))
-        _train_on_pool(todo, runs_dir, results_dir, device, slots, threads, gpus_per_run, force, slices)
+        failures = _train_on_pool(todo, runs_dir, results_dir, device, slots, threads, gpus_per_run, force, slices)
 
     records = load_records(profile, data_root, rows, seeds, results_dir)
+    if failures:
+        raise GridFailed(failures, records)
     missing = len(rows) * len(seeds) - len(records)
     if missing:  # pragma: no cover - a finished run always records
         raise RuntimeError(f"ablation grid incomplete: {missing} runs without metrics")
@@ -449,8 +532,13 @@ def trained_run_folders(
     unrecorded = [f.name for f in folders if recorded_run(results, cfgs[f.name]) is None]
     if unrecorded:
         raise RuntimeError(f"not recorded in {results}: {', '.join(unrecorded)} (run the grid first: make ablations)")
+
+    def retrain(folder: Path) -> None:
+        with _locked_run(folder):
+            _train_subprocess(cfgs[folder.name], folder, "cpu", 1)
+
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        list(pool.map(lambda f: _train_subprocess(cfgs[f.name], f, "cpu", 1), missing))
+        list(pool.map(retrain, missing))
     for folder in folders:
         _check_against_record(folder, results / folder.name)
     return folders

@@ -179,8 +179,12 @@ def submit(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], options: Cl
     return list(jobs)
 
 
+class JobsFailed(RuntimeError):
+    """Some submitted jobs failed; the message names each, its log and its error."""
+
+
 def wait(jobs: Sequence[Any], names: Sequence[str]) -> list[Any]:
-    """Every job's result, in order; ``RuntimeError`` naming each failed job (after all have ended)."""
+    """Every job's result, in order; :class:`JobsFailed` naming each failed job (after all have ended)."""
     results, failed = [], []
     for job, name in zip(jobs, names, strict=True):
         try:
@@ -190,5 +194,5 @@ def wait(jobs: Sequence[Any], names: Sequence[str]) -> list[Any]:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             failed.append(f"{name} (job {job.job_id}, log {job.paths.stderr}): {first}")
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(jobs)} jobs failed: " + "; ".join(failed))
+        raise JobsFailed(f"{len(failed)} of {len(jobs)} jobs failed: " + "; ".join(failed))
     return results

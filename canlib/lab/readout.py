@@ -21,6 +21,7 @@ from canlib.engine.build import build_eval_loaders
 from canlib.engine.checkpoint import checkpoint_path
 from canlib.engine.evaluate import evaluate_slices, evaluation_options
 from canlib.engine.weights import model_from_checkpoint, read_run_config
+from canlib.files import write_text_atomically
 
 #: The read-out's file in a recorded run.
 SLICES = "slices.json"
@@ -38,9 +39,7 @@ def slice_readout(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
 
 def record_slices(run_dir: str | Path, record_dir: str | Path, device: str = "cpu") -> Path:
     """Measure :func:`slice_readout` of ``run_dir`` and write it into the recorded run ``record_dir``."""
-    out = Path(record_dir) / SLICES
-    out.write_text(json.dumps(slice_readout(run_dir, device), indent=1) + "\n")
-    return out
+    return write_text_atomically(Path(record_dir) / SLICES, json.dumps(slice_readout(run_dir, device), indent=1) + "\n")
 
 
 def read_slices(record_dir: str | Path) -> dict[str, Any] | None:

@@ -842,7 +842,7 @@ def _add_digest(sub: argparse._SubParsersAction) -> None:
 def _controls(args: argparse.Namespace) -> int:
     check_destination(args.out)  # a folder or a place that cannot be written: refused before any work
     cfg = load_config(args.config, [f"data.root={args.data_root}", *args.overrides])
-    result = controls.write_trunk_only(cfg, args.out, args.device)
+    result = controls.write_trunk_only(cfg, args.out, args.device, args.splits)
     for split, metrics in result["results"].items():
         print(f"trunk only, {split:34s} mAP {metrics['mAP']:.4f}  rank-1 {metrics['rank1']:.4f}")
     return 0
@@ -859,6 +859,14 @@ def _add_controls(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--out", default="results/controls/trunk-only.json", help="the JSON file to write")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--split",
+        action="append",
+        dest="splits",
+        choices=list(controls.SPLITS),
+        metavar="SPLIT",
+        help=f"a split to measure, once per split (default: all of {', '.join(repr(k) for k in controls.SPLITS)})",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="configuration overrides (e.g. data.val_ids=5 on a small set)"
     )

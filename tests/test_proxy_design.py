@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from canlib.config import RunSections, config_hash, load_config
 from canlib.data import load_dataset
@@ -176,3 +177,37 @@ def test_the_schedule_stage_also_requires_a_converged_classifier():
     assert decide_mod.decide(STAGE, records, chance_ce=math.log(200)).chosen == "a"  # alive by 70 % alone
     assert decide_mod.STAGES[0].converged_ce == decide_mod.CONVERGED_CE == 1.5
     assert all(s.converged_ce is None for s in decide_mod.STAGES[1:])
+
+
+def test_the_rule_pairs_options_by_fold():
+    # every fold moves both options alike: unpaired, the folds' spread (about 10 points) would hide a
+    # gain of 2 points on every fold; paired, the gain is clear
+    steady = _records({"a": [(0.20, 1.0), (0.40, 1.0), (0.30, 1.0)], "b": [(0.22, 1.0), (0.42, 1.0), (0.32, 1.0)]})
+    d = decide_mod.decide(STAGE, steady)
+    assert d.chosen == "b" and d.paired_gain["b"] == pytest.approx(2.0) and d.paired_spread["b"] == pytest.approx(0.0)
+    # the same means, but the gain swings from fold to fold: a tie
+    swinging = _records({"a": [(0.20, 1.0), (0.40, 1.0), (0.30, 1.0)], "b": [(0.28, 1.0), (0.36, 1.0), (0.32, 1.0)]})
+    assert decide_mod.decide(STAGE, swinging).chosen == "a"
+    assert decide_mod.paired_gain(steady, "b", "missing") == (pytest.approx(math.nan, nan_ok=True),) * 2 + (0,)
+
+
+def test_the_paired_rule_makes_the_recorded_level0_choices():
+    root = ROOT / "results" / "decisions" / "cpu-synthetic"
+    recorded = json.loads((root / "decisions.json").read_text())
+    assert "rule" not in recorded  # made with the unpaired spread, before the rule was paired
+    for saved in recorded["decisions"]:
+        stage = next(s for s in decide_mod.STAGES if s.name == saved["stage"])
+        records = [
+            {
+                "table": stage.name,
+                "row": row,
+                "seed": yaml.safe_load((root / run / "config.yaml").read_text())["seed"],
+                "run": run,
+                "mAP": json.loads((root / run / "metrics.json").read_text())["mAP"],
+                "final_ce": saved["final_ce"][row],
+            }
+            for row, runs in saved["runs"].items()
+            for run in runs
+        ]
+        again = decide_mod.decide(stage, records, chance_ce=recorded["chance_ce"])
+        assert again.chosen == saved["chosen"], (stage.name, again.reason)

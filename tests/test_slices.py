@@ -1,4 +1,4 @@
-"""The slice read-out (issue 21): a model's descriptor evaluated whole, on its global slices and on
+"""The slice read-out and the trunk control: a model's descriptor evaluated whole, on its global slices and on
 its local slices, from one extraction."""
 
 from __future__ import annotations
@@ -55,3 +55,16 @@ def test_the_trunk_control_reads_the_trunk_of_a_part1_model_on_each_split(tiny_d
     model, _, _ = _setup(tiny_data, "[1,3]")
     with pytest.raises(ValueError, match="Part-1"):
         TrunkDescriptor(model)
+
+
+def test_the_control_measures_only_the_splits_named(tiny_data, tmp_path, capsys):
+    import json
+
+    from canlib import cli
+
+    out = tmp_path / "c.json"
+    argv = ["controls", "--config", str(SMOKE), "--data-root", str(tiny_data), "--out", str(out), "--split", "test"]
+    assert cli.main([*argv, "data.val_ids=3"]) == 0
+    assert list(json.loads(out.read_text())["results"]) == ["test"] and "trunk only, test" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse names the choices
+        cli.main([*argv[:-1], "fold 9"])

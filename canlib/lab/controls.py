@@ -1,4 +1,4 @@
-"""Controls for the CPU proxy (issue 21): what the pre-trained trunk scores alone, without fine-tuning.
+"""Controls for the CPU proxy: what the pre-trained trunk scores alone, without fine-tuning.
 
 The paper fine-tunes an ImageNet trunk that is poor at re-ID until trained on it. A proxy whose
 trunk alone already scores most of the fine-tuned mAP does not test what the paper's training
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +121,15 @@ def trunk_only(
     }
 
 
-def write_trunk_only(cfg: Mapping[str, Any], out: str | Path, device: str = "cpu") -> dict[str, Any]:
-    """Measure :func:`trunk_only` and write it whole to ``out`` as JSON (:func:`canlib.files.write_text_atomically`)."""
-    result = trunk_only(cfg, device)
+def write_trunk_only(
+    cfg: Mapping[str, Any], out: str | Path, device: str = "cpu", names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Measure :func:`trunk_only` on the splits ``names`` (default: all of :func:`splits_for`) and write it
+    whole to ``out`` as JSON (:func:`canlib.files.write_text_atomically`)."""
+    splits = splits_for(RunSections.from_config(cfg).data)
+    unknown = sorted(set(names or ()) - set(splits))
+    if unknown:
+        raise ValueError(f"unknown control split(s) {', '.join(unknown)}: the splits are {', '.join(splits)}")
+    result = trunk_only(cfg, device, {k: v for k, v in splits.items() if names is None or k in names})
     write_text_atomically(out, json.dumps(result, indent=1) + "\n")
     return result

@@ -45,6 +45,8 @@ from canlib.engine.search import report_lines, search
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
 from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain, sanity
+from canlib.lab.rows import TABLES, results_folder, select_rows
+from canlib.lab.tables import check_tables, write_tables
 from canlib.metrics import AP_VARIANTS, METRICS
 
 log = logging.getLogger(__name__)
@@ -611,12 +613,12 @@ def _runs_folder(results: str | Path, runs: str | None) -> Path:
 
 @_reports_user_errors
 def _ablate(args: argparse.Namespace) -> int:
-    rows = grid.select_rows(args.tables, args.rows)  # a typo selects nothing: refused before any work
+    rows = select_rows(args.tables, args.rows)  # a typo selects nothing: refused before any work
     if args.launcher != "submitit":  # submitit's jobs run elsewhere, on the cluster's GPUs
         _check_device(args.device)
     submitit = args.launcher == "submitit"
-    results = args.results or grid.results_folder(args.config)
-    grid.check_tables(results)
+    results = args.results or results_folder(args.config)
+    check_tables(results)
     runs = _runs_folder(results, args.runs)
     gpus = None if submitit else _local_gpus(args)
     cluster, throughput = _cluster_options(args, runs) if submitit else None, _throughput(args)
@@ -640,7 +642,7 @@ def _ablate(args: argparse.Namespace) -> int:
             )
         except grid.GridFailed as exc:
             return _failed_runs(exc, results)
-    print(grid.write_tables(records, results).to_string())
+    print(write_tables(records, results).to_string())
     return 0
 
 
@@ -650,7 +652,7 @@ def _failed_runs(exc: grid.GridFailed, results: str | Path) -> int:
         log.error("%s", failure)
     tables = Path(results) / "runs.csv"
     if exc.records:
-        print(grid.write_tables(exc.records, results).to_string())
+        print(write_tables(exc.records, results).to_string())
         held = f"the tables ({tables}) hold only the {len(exc.records)} run(s) recorded"
     else:
         held = f"no run was recorded, the tables ({tables}) are left as they were"
@@ -724,7 +726,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         "--tables",
         nargs="+",
         default=["Table 2", "Table 3", "Table 4"],
-        help=f"which tables: {', '.join(repr(t) for t in grid.TABLES)}",
+        help=f"which tables: {', '.join(repr(t) for t in TABLES)}",
     )
     p.add_argument(
         "--rows",
@@ -746,7 +748,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 @_reports_user_errors
 def _decide(args: argparse.Namespace) -> int:
     _check_device(args.device)
-    results = args.results or grid.results_folder(args.config, "decisions")
+    results = args.results or results_folder(args.config, "decisions")
     runs = _runs_folder(results, args.runs)
     with hold(runs, "decide"):  # a second run of the decisions on these runs is refused here, naming this one
         decisions = decide.run_decisions(

@@ -78,7 +78,7 @@ TABLE4: dict[str, dict[str, float]] = {
     "CE + triplet + center (global & local)": {"mAP": 89.6, "rank1": 95.7, "rank3": 97.8, "rank5": 98.6},
 }
 
-#: The ablation tables by name, as :mod:`canlib.lab.grid` labels its rows.
+#: The ablation tables by name, as :mod:`canlib.lab.rows` labels its rows.
 ABLATION_TABLES: dict[str, dict[str, dict[str, float]]] = {"Table 2": TABLE2, "Table 3": TABLE3, "Table 4": TABLE4}
 
 

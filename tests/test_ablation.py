@@ -12,7 +12,9 @@ from canlib.config import config_hash
 from canlib.engine.record import git_commit
 from canlib.lab import grid as ablation
 from canlib.lab.analysis import judge_claims, summarize
-from canlib.lab.grid import ablation_rows, resolve, run_grid
+from canlib.lab.grid import run_grid
+from canlib.lab.records import load_records
+from canlib.lab.rows import ablation_rows, resolve
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -101,9 +103,9 @@ def test_summarize_formats_one_and_several_seeds():
 def test_load_records_reads_without_training(tiny_data, tmp_path):
     rows = [r for r in ablation_rows(["Table 4"]) if r.label == "CE"]
     kwargs = {"rows": rows, "seeds": (0,), "results_dir": tmp_path / "results"}
-    assert ablation.load_records(SMOKE, tiny_data, **kwargs) == []
+    assert load_records(SMOKE, tiny_data, **kwargs) == []
     run_grid(SMOKE, tiny_data, runs_dir=tmp_path / "runs", **kwargs)
-    (record,) = ablation.load_records(SMOKE, tiny_data, **kwargs)
+    (record,) = load_records(SMOKE, tiny_data, **kwargs)
     assert record["row"] == "CE" and 0 <= record["mAP"] <= 1
     assert (record["commit"], record["dirty"]) == tuple(git_commit().values())  # trained by this checkout
 

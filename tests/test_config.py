@@ -163,7 +163,7 @@ def _records() -> list[Path]:
 
 @pytest.mark.parametrize("path", _records(), ids=lambda p: str(p.parent.relative_to(ROOT / "results")))
 def test_every_committed_record_loads_with_its_hash(path):
-    """The grid finds records by hash (canlib.lab.grid.recorded_run): loading a record's config.yaml
+    """The grid finds records by hash (canlib.lab.records.recorded_run): loading a record's config.yaml
     through the schema gives back the very dictionary it holds, so the hash it is named by; keys added
     to the schema since are only ones the hash leaves out (config_hash's exclude, LATER_KEYS)."""
     raw = yaml.safe_load(path.read_text())
@@ -178,7 +178,7 @@ def test_every_committed_record_loads_with_its_hash(path):
 
 
 def test_the_grid_resolves_to_its_committed_records():
-    from canlib.lab.grid import ablation_rows, resolve
+    from canlib.lab.rows import ablation_rows, resolve
 
     recorded = {p.name for p in (ROOT / "results" / "ablations" / "cpu-synthetic").iterdir()}
     rows = ablation_rows(("Table 2", "Table 3", "Table 4", "Controls"))  # what make ablations runs

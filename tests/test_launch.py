@@ -20,12 +20,13 @@ from canlib import cli
 from canlib.config import config_hash, dump_config
 from canlib.engine.record import RECORDED_FILES
 from canlib.lab import cost, grid, launch
-from canlib.lab.grid import ablation_rows, resolve, run_grid
+from canlib.lab.grid import run_grid
+from canlib.lab.rows import Row, ablation_rows, resolve
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-def _rows(*labels: str) -> list[grid.Row]:
+def _rows(*labels: str) -> list[Row]:
     return [r for r in ablation_rows(["Table 4"]) if r.label in labels]
 
 

@@ -23,8 +23,10 @@ from canlib.engine.checkpoint import load_checkpoint, save_checkpoint
 from canlib.engine.errors import RunFolderError, TrainingInterrupted
 from canlib.engine.run_folder import LOCK, FolderBusy
 from canlib.engine.trainer import Trainer, train
-from canlib.lab import grid
+from canlib.lab import grid, tables
 from canlib.lab.analysis import METRIC_KEYS
+from canlib.lab.records import incomplete_record, load_records
+from canlib.lab.rows import Row, resolve, select_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -122,12 +124,12 @@ def test_ablate_merges_its_rows_into_the_tables_whole_and_atomically(
 
     # a write that fails half-way, and an empty selection, leave both tables as they were
     before = _snapshot(results)
-    records = grid.read_runs_table(results).to_dict("records")
-    monkeypatch.setattr(grid.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    records = tables.read_runs_table(results).to_dict("records")
+    monkeypatch.setattr(tables.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError, match="No space left"):
-        grid.write_tables(records[:1], results)
+        tables.write_tables(records[:1], results)
     with pytest.raises(ValueError, match="no runs to tabulate"):
-        grid.write_tables([], results)
+        tables.write_tables([], results)
     assert _snapshot(results) == before
     assert sorted(p.name for p in results.iterdir() if p.is_file()) == ["runs.csv", "summary.csv"]
 
@@ -158,18 +160,18 @@ def test_an_incomplete_record_is_missing_and_trained_again(tiny_data, grid_folde
     damaged = results / fake_training[0]
     damage(damaged)
     kept = _snapshot(results / fake_training[1])
-    rows = grid.select_rows(["Table 4"], ["CE", "CE + triplet"])
-    with caplog.at_level(logging.WARNING, logger="canlib.lab.grid"):
-        assert [r["row"] for r in grid.load_records(SMOKE, tiny_data, rows, (0,), results)] == ["CE + triplet"]
+    rows = select_rows(["Table 4"], ["CE", "CE + triplet"])
+    with caplog.at_level(logging.WARNING, logger="canlib.lab.records"):
+        assert [r["row"] for r in load_records(SMOKE, tiny_data, rows, (0,), results)] == ["CE + triplet"]
     assert f"{damaged} is not a complete record (" in caplog.text and why in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="canlib.lab.grid"):
+    with caplog.at_level(logging.WARNING, logger="canlib.lab.records"):
         assert _ablate(tiny_data, results, runs, *args) == 0
     assert f"{damaged} is not a complete record (" in caplog.text and why in caplog.text
     assert "treated as missing" in caplog.text
     assert fake_training == [fake_training[0], fake_training[1], fake_training[0]]  # the damaged one alone, again
-    assert grid.incomplete_record(damaged) is None and _snapshot(results / fake_training[1]) == kept
-    frame = grid.read_runs_table(results)
+    assert incomplete_record(damaged) is None and _snapshot(results / fake_training[1]) == kept
+    frame = tables.read_runs_table(results)
     assert frame["mAP"].notna().all() and len(frame) == 3  # the user's line and the two runs, no NaN row
 
 
@@ -330,7 +332,7 @@ def _hold_lock(folder: Path, lock_file: Path | None = None) -> subprocess.Popen[
 
 
 def test_a_job_that_finds_its_run_busy_neither_opens_nor_truncates_its_log(tiny_data, tmp_path, monkeypatch):
-    cfg = grid.resolve(SMOKE, grid.select_rows(["Table 4"], ["CE"])[0], 0, tiny_data)
+    cfg = resolve(SMOKE, select_rows(["Table 4"], ["CE"])[0], 0, tiny_data)
     run = tmp_path / "runs" / config_hash(cfg)
     run.parent.mkdir()
     log_file = run.with_name(f"{run.name}.log")
@@ -387,7 +389,7 @@ def _fake_child(failing: str) -> Callable[..., list[str]]:
 
 def test_a_failed_run_is_named_with_its_log_and_the_others_are_tabulated(tiny_data, grid_folders, monkeypatch, caplog):
     results, runs = grid_folders
-    failing = config_hash(grid.resolve(SMOKE, grid.select_rows(["Table 4"], ["CE"])[0], 0, tiny_data))
+    failing = config_hash(resolve(SMOKE, select_rows(["Table 4"], ["CE"])[0], 0, tiny_data))
     monkeypatch.setattr(grid.launch, "train_command", _fake_child(failing))
     assert _ablate(tiny_data, results, runs, "--tables", "Table 4", "--rows", "CE", "CE + triplet", "--seeds", "0") == 2
     errors = _errors(caplog)
@@ -473,7 +475,7 @@ def test_controls_and_decide_check_the_validation_split_before_writing(tiny_data
         seen.extend(rows)
         raise Stop
 
-    seen: list[grid.Row] = []
+    seen: list[Row] = []
     monkeypatch.setattr(decide, "run_grid", first_stage)
     argv = ["decide", "--config", str(SMOKE), "--data-root", str(tiny_data), "--results", str(tmp_path / "d")]
     with pytest.raises(Stop):

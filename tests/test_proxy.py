@@ -14,8 +14,8 @@ from canlib.data import load_dataset
 from canlib.data.split import hold_out_validation
 from canlib.engine.build import build_dataset, build_loss, build_model
 from canlib.lab import decide as decide_mod
-from canlib.lab.grid import resolve
 from canlib.lab.pretrain import trunk_state_dict
+from canlib.lab.rows import resolve
 from canlib.model import CAN
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from canlib.data import load_dataset
 from canlib.data.synthetic import gallery_identities
 from canlib.engine.build import build_dataset
 from canlib.lab import decide as decide_mod
-from canlib.lab.grid import final_train_ce
+from canlib.lab.records import final_train_ce
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "configs" / "cpu.yaml"
@@ -112,7 +112,7 @@ def test_each_decision_seed_holds_out_its_own_fold_of_whole_groups(book_data):
 
 
 def test_each_profile_and_data_set_records_its_grid_in_its_own_folder():
-    from canlib.lab.grid import results_folder
+    from canlib.lab.rows import results_folder
 
     profiles = sorted((ROOT / "configs").glob("*.yaml"))
     folders = {results_folder(p) for p in profiles if p.name != "pretrain.yaml"}

@@ -57,7 +57,7 @@ def test_load_rejects_other_files(tmp_path):
 def test_export_cli_by_run_folder_and_by_ablation_row(finished_run, tmp_path, tiny_data):
     from canlib.__main__ import main
     from canlib.config import config_hash
-    from canlib.lab.grid import ablation_rows, resolve
+    from canlib.lab.rows import ablation_rows, resolve
 
     out = tmp_path / "by-run.pt"
     assert main(["export", "--run", str(finished_run), "--out", str(out), "--dtype", "float32"]) == 0

@@ -230,7 +230,7 @@ def same_verdicts(now: pd.DataFrame, earlier: Sequence[pd.DataFrame]) -> list[st
 
 
 def readout_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (table, row) of a grid's records (:func:`canlib.lab.grid.load_records` with slices): the seeds,
+    """Per (table, row) of a grid's records (:func:`canlib.lab.records.load_records` with slices): the seeds,
     the whole descriptor's mean mAP (%) and its standard deviation, the global and the local slices'
     mean mAP (%) and the mean final training CE. Empty when the records carry no slice read-out."""
     if not len(records) or "mAP_global" not in records:

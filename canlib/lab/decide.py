@@ -52,7 +52,8 @@ from canlib.engine.build import build_dataset
 from canlib.files import write_text_atomically
 from canlib.lab.analysis import summarize
 from canlib.lab.controls import check_validation_ids
-from canlib.lab.grid import Row, run_grid
+from canlib.lab.grid import run_grid
+from canlib.lab.rows import Row
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from canlib.engine.run_folder import hold, locked
 from canlib.engine.search import report_lines, search
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
-from canlib.lab import controls, cost, decide, digest, grid, launch, pretrain, sanity
+from canlib.lab import calibrate, controls, cost, decide, digest, grid, launch, pretrain, sanity
 from canlib.lab.rows import TABLES, results_folder, select_rows
 from canlib.lab.tables import check_tables, write_tables
 from canlib.metrics import AP_VARIANTS, METRICS
@@ -876,6 +876,31 @@ def _add_controls(sub: argparse._SubParsersAction) -> None:
 
 
 @_reports_user_errors
+def _calibrate(args: argparse.Namespace) -> int:
+    result = calibrate.calibrate(args.config, args.data_dir, args.results, args.runs, jobs=args.jobs)
+    for m in result["measured"]:
+        tuned = f"  fine-tuned mAP {m['fine_tuned']:.4f}  final CE {m['final_ce']:.2f}" if "fine_tuned" in m else ""
+        print(f"{m['candidate']:24s} seed {m['seed']:3d}  trunk only mAP {m['trunk_only']:.4f}{tuned}")
+    print(f"chosen: {result['chosen'] or 'none of the ladder meets both targets'}")
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate the synthetic set's realistic level on calibration draws (trunk alone, fine-tuned default)",
+        description=calibrate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/cpu.yaml", help="the profile whose trunk and default are measured")
+    p.add_argument("--data-dir", default="data/calibration", help="where the calibration draws are generated")
+    p.add_argument("--results", default="results/controls/calibration-realistic", help="where the records go")
+    p.add_argument("--runs", default="runs/calibration", help="working folders of the fine-tuning runs")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="calibration draws measured side by side")
+    p.set_defaults(func=_calibrate)
+
+
+@_reports_user_errors
 def _sanity(args: argparse.Namespace) -> int:
     try:
         run = sanity.run_sanity(args.config, args.data_root, args.device, args.runs, args.overrides)
@@ -919,6 +944,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_decide,
     _add_digest,
     _add_controls,
+    _add_calibrate,
     _add_sanity,
 )
 

@@ -44,8 +44,8 @@ from canlib.engine.run_folder import hold, locked
 from canlib.engine.search import report_lines, search
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
-from canlib.lab import calibrate, controls, cost, decide, digest, grid, launch, pretrain, sanity
-from canlib.lab.rows import TABLES, results_folder, select_rows
+from canlib.lab import calibrate, controls, cost, decide, digest, draws, grid, launch, pretrain, sanity
+from canlib.lab.rows import TABLES, check_seeds, results_folder, select_rows
 from canlib.lab.tables import check_tables, write_tables
 from canlib.metrics import AP_VARIANTS, METRICS
 
@@ -876,6 +876,44 @@ def _add_controls(sub: argparse._SubParsersAction) -> None:
 
 
 @_reports_user_errors
+def _draws(args: argparse.Namespace) -> int:
+    check_seeds(args.seeds)
+    results = Path(args.results or results_folder(args.config))
+    roots = draws.make_draws(args.data_root, args.draws_dir, args.draw_seeds)
+    for seed in args.seeds:
+        folders = grid.trained_run_folders(args.config, args.data_root, args.row, seed, args.runs, results, args.jobs)
+        for spec, folder in zip(args.row, folders, strict=True):
+            have = (draws.read_draws(results / folder.name) or {}).get("draws", {})
+            if not all(root.name in have for root in roots):
+                draws.record_draws(folder, results / folder.name, roots, args.device)
+            row = draws.draw_matrix([results / folder.name], seeds=args.draw_seeds)[0]
+            print(f"{spec} seed {seed}: mAP on draws {' '.join(f'{v:.1f}' for v in row)}")
+    return 0
+
+
+def _add_draws(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "draws",
+        help="evaluate recorded grid runs on fresh draws of test people (intervals over seeds and draws)",
+        description=draws.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="the profile the grid was run with")
+    p.add_argument("--data-root", required=True, help="the grid's (generated) data set: the draws repeat its arguments")
+    p.add_argument("--row", action="append", required=True, help="an ablation row 'Table N:label'; repeatable")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the runs' seeds (default 0 1 2)")
+    p.add_argument("--draw-seeds", type=int, nargs="+", default=list(draws.DRAW_SEEDS), help="the draws' seeds")
+    p.add_argument("--draws-dir", default="data/draws", help="where the draws are generated")
+    p.add_argument("--results", help="the grid's records (default: the profile's results folder)")
+    p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (checkpoints)")
+    p.add_argument(
+        "--jobs", type=_positive_int, default=2, help="runs retrained side by side where a checkpoint is missing"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_draws)
+
+
+@_reports_user_errors
 def _calibrate(args: argparse.Namespace) -> int:
     result = calibrate.calibrate(args.config, args.data_dir, args.results, args.runs, jobs=args.jobs)
     for m in result["measured"]:
@@ -944,6 +982,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_decide,
     _add_digest,
     _add_controls,
+    _add_draws,
     _add_calibrate,
     _add_sanity,
 )

@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls calibrate gpu-check sanity clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls calibrate data-realistic controls-realistic gpu-check sanity clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -31,6 +31,7 @@ help:
 	@echo "                 (PROFILE=paper DATASET=market1501 DATA_ROOT=/data/reid DEVICE=cuda for the real recipe)"
 	@echo "make controls    the pre-trained trunk alone on test and validation (results/controls)"
 	@echo "make calibrate   the realistic level's calibration on calibration draws (results/controls/calibration-realistic)"
+	@echo "make controls-realistic  the trunk alone on the realistic level's reporting draw (data/realistic)"
 	@echo "make digest      rewrite results/training-digest.json (after recording runs; tests/test_digest.py checks it)"
 	@echo "make digest-check  recompute the digest here and compare (adds this machine kind to its seen_on)"
 	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
@@ -134,6 +135,17 @@ controls: $(STAMP) data
 # (canlib.lab.calibrate: the ladder, the targets and the rule); ~20 min on 2 cores.
 calibrate: $(STAMP)
 	$(BIN)/python -m canlib calibrate --config configs/cpu.yaml --jobs 2
+
+# The realistic level's reporting draw (seed 0, as level 0's) and its trunk-only control, measured
+# once the level was fixed by make calibrate.
+REALISTIC_ROOT ?= data/realistic
+data-realistic: $(REALISTIC_ROOT)/meta.json
+$(REALISTIC_ROOT)/meta.json: | $(STAMP)
+	$(BIN)/python -m canlib make-synthetic --out $(REALISTIC_ROOT) --level realistic --workers 2
+
+controls-realistic: $(STAMP) data-realistic
+	$(BIN)/python -m canlib controls --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --split test \
+	  --out results/controls/trunk-only-realistic.json
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --tables $(GRID_TABLES) --slices --force

@@ -46,3 +46,22 @@ def test_no_fine_tuning_where_the_trunk_misses_and_none_chosen_when_all_miss(tin
     result = _run(tmp_path, tiny_ladder)
     assert result["chosen"] is None and [m["candidate"] for m in result["measured"]] == list(tiny_ladder)
     assert all("fine_tuned" not in m for m in result["measured"])
+
+
+def test_the_realistic_level_is_what_the_calibration_chose():
+    from canlib.data.synthetic import LEVELS
+
+    saved = Path(__file__).resolve().parents[1] / "results" / "controls" / "calibration-realistic" / "calibration.json"
+    result = json.loads(saved.read_text())
+    assert result["chosen"] == "identity, camera 0.8" and result["chosen_knobs"] == calibrate.LADDER[result["chosen"]]
+    assert LEVELS["realistic"].knobs == result["chosen_knobs"]
+    chosen = [m for m in result["measured"] if m["candidate"] == result["chosen"]]
+    assert [m["seed"] for m in chosen] == list(calibrate.SEEDS)
+    assert all(calibrate.meets(m, "trunk_only") and calibrate.meets(m, "fine_tuned") for m in chosen)
+    # every milder candidate missed the trunk's target on some seed, and was not fine-tuned
+    milder = [m for m in result["measured"] if m["candidate"] != result["chosen"]]
+    assert milder and all("fine_tuned" not in m for m in milder)
+    assert {m["candidate"] for m in milder if not calibrate.meets(m, "trunk_only")} == set(calibrate.LADDER) - {
+        result["chosen"],
+        "identity, camera 1.0",
+    }

@@ -481,7 +481,8 @@ def _add_make_synthetic(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     for f in dataclasses.fields(SyntheticConfig):  # not given: the level's value (argparse.SUPPRESS)
-        flag, kind, choices = f"--{f.name.replace('_', '-')}", type(getattr(defaults, f.name)), None
+        default = getattr(defaults, f.name)
+        flag, kind, choices = f"--{f.name.replace('_', '-')}", int if default is None else type(default), None
         if f.name == "level":
             choices = list(LEVELS)
         p.add_argument(flag, type=kind, choices=choices, default=argparse.SUPPRESS, help=synthetic_help(f.name))

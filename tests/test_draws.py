@@ -27,8 +27,11 @@ def drawn(tiny_data, tmp_path_factory) -> list[Path]:
 
 def test_a_draw_repeats_the_reporting_arguments_with_its_own_seed_and_new_people(tiny_data, drawn):
     reporting = json.loads((tiny_data / "meta.json").read_text())["arguments"]
+    cameras = json.loads((tiny_data / "meta.json").read_text())["cameras"]
     for seed, root in zip(SEEDS, drawn, strict=True):
-        assert json.loads((root / "meta.json").read_text())["arguments"] == {**reporting, "seed": seed}
+        meta = json.loads((root / "meta.json").read_text())
+        assert meta["arguments"] == {**reporting, "seed": seed, "camera_seed": reporting["seed"]}
+        assert meta["cameras"] == cameras  # the reporting set's cameras: only the people are new
 
     def looks(seed: int) -> set[str]:
         people, _ = make_identities(list(range(1, reporting["ids"] + 1)), seed, reporting["hard_negative_fraction"], 3)

@@ -72,6 +72,7 @@ def test_level0_records_no_new_argument() -> None:
     if meta.is_file() and hashlib.sha256(meta.read_bytes()).hexdigest() == DATA_META_SHA256:
         assert json.loads(meta.read_text())["arguments"] == level0
     assert recorded_arguments(SyntheticConfig(viewpoint=0.5))["viewpoint"] == 0.5  # a knob set at level 0 shows
+    assert recorded_arguments(SyntheticConfig(camera_seed=0))["camera_seed"] == 0
     realistic = recorded_arguments(SyntheticConfig(level="realistic"))
     assert realistic["level"] == "realistic" and len(realistic) == len(dataclasses.fields(SyntheticConfig))
 
@@ -153,3 +154,22 @@ def test_cli_refuses_a_bad_knob_in_one_line(tmp_path: Path, caplog: pytest.LogCa
     assert cli.main(["make-synthetic", "--out", str(tmp_path / "x"), "--viewpoint", "2"]) == 2
     assert "--viewpoint must be <= 1.0; got 2.0" in caplog.text
     assert not (tmp_path / "x").exists()
+
+
+def test_the_camera_seed_keeps_the_cameras_and_redraws_the_people(tmp_path: Path) -> None:
+    make_synthetic(tmp_path / "a", ids=12, seed=5, images_per_id=4)
+    make_synthetic(tmp_path / "b", ids=12, seed=6, images_per_id=4, camera_seed=5)
+    make_synthetic(tmp_path / "c", ids=12, seed=5, images_per_id=4, camera_seed=5)
+    a, b = (json.loads((tmp_path / x / "meta.json").read_text()) for x in "ab")
+    assert a["cameras"] == b["cameras"]
+    people = sorted(p.name for p in (tmp_path / "a" / "query").glob("*.jpg"))
+    assert any(
+        (tmp_path / "a" / "query" / n).read_bytes() != (tmp_path / "b" / "query" / n).read_bytes()
+        for n in people
+        if (tmp_path / "b" / "query" / n).is_file()
+    ) or people != sorted(p.name for p in (tmp_path / "b" / "query").glob("*.jpg"))
+    assert _digest(tmp_path / "c")[0] == _digest(tmp_path / "a")[0]  # camera_seed = seed: the same images
+    assert all(
+        (tmp_path / "a" / p.relative_to(tmp_path / "c")).read_bytes() == p.read_bytes()
+        for p in (tmp_path / "c").rglob("*.jpg")
+    )

@@ -59,7 +59,15 @@ _KIND_CODE = {"id": 1, "distractor": 2, "junk": 3}
 
 #: The fields a level-0 set's records leave out while they hold their level-0 values, so that
 #: ``meta.json`` and ``README.txt`` of a level-0 set stay what they were before these knobs existed.
-LEVEL0_SILENT = ("global_lookalike_share", "viewpoint", "pose_strength", "box_jitter", "partial_view", "level")
+LEVEL0_SILENT = (
+    "global_lookalike_share",
+    "viewpoint",
+    "pose_strength",
+    "box_jitter",
+    "partial_view",
+    "level",
+    "camera_seed",
+)
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,11 @@ class SyntheticConfig:
     level: Literal["0", "realistic"] = Field(
         default="0",
         description="named difficulty (LEVELS in canlib.data.synthetic); explicit knobs override its preset",
+    )
+    camera_seed: Annotated[int, Strict()] | None = Field(
+        default=None,
+        description="seed of the cameras (their scenes, views and imaging; default: --seed): a test draw keeps "
+        "the reporting set's cameras and draws new people with its own --seed",
     )
 
     @model_validator(mode="before")
@@ -512,7 +525,7 @@ def make_synthetic(
     identities, groups = _identities(cfg, list(range(1, cfg.ids + 1)))
     train, test = split_ids(cfg, groups)
     specs = plan_images(cfg, train, test)
-    cameras = make_cameras(cfg.cameras, cfg.seed, cfg.camera_strength, cfg.noise, cfg.blur)
+    cameras = make_cameras(cfg.cameras, cameras_seed(cfg), cfg.camera_strength, cfg.noise, cfg.blur)
     _write_images(out, specs, Renderer(cfg, {i.pid: i for i in identities}, cameras), workers)
     stats = dataset_statistics(specs)
     meta = {
@@ -531,6 +544,11 @@ def make_synthetic(
     seconds = time.perf_counter() - start
     log.info("synthetic set: %d images in %.1f s (%.0f images/s) at %s", len(specs), seconds, len(specs) / seconds, out)
     return {**stats, "files_total": len(specs), "seconds": seconds, "images_per_second": len(specs) / seconds}
+
+
+def cameras_seed(cfg: SyntheticConfig) -> int:
+    """The seed the cameras are drawn from: ``camera_seed``, or ``seed`` when it is not set."""
+    return cfg.seed if cfg.camera_seed is None else cfg.camera_seed
 
 
 def recorded_arguments(cfg: SyntheticConfig) -> dict[str, Any]:
@@ -586,7 +604,7 @@ def gallery_identities(root: str | os.PathLike[str], ids: int, workers: int = 1)
         if not done.is_file():
             identities, _ = _identities(cfg, pids)
             c = cameras_of
-            cameras = make_cameras(c.cameras, c.seed, c.camera_strength, c.noise, c.blur)
+            cameras = make_cameras(c.cameras, cameras_seed(c), c.camera_strength, c.noise, c.blur)
             shutil.rmtree(out, ignore_errors=True)
             _write_images(out, specs, Renderer(cfg, {i.pid: i for i in identities}, cameras), workers)
             for subset in ("bounding_box_train", "query"):

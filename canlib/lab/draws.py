@@ -3,8 +3,11 @@
 A grid's seeds vary the training on one fixed set of test people; how much a verdict would move
 on other people is not in that spread (the trunk alone scores 32.5-48.2 mAP over five draws of
 50 validation identities). Each draw here is the reporting set made again by its generator with
-the same arguments and another seed (:data:`DRAW_SEEDS`): new people, the same difficulty. Only
-its query and gallery are read. A run's model is evaluated on every draw, and the metrics,
+the same arguments and another seed (:data:`DRAW_SEEDS`) for its people, and the reporting set's
+own cameras (``camera_seed``): new people seen by the same cameras, at the same difficulty. With
+the cameras redrawn too, a draw would test another domain, not other people (measured on the
+calibration draws: ``results/controls/calibration-realistic/README.md``). Only its query and
+gallery are read. A run's model is evaluated on every draw, and the metrics,
 per-query AP included, are recorded beside the run as ``draws.json``:
 :func:`canlib.lab.analysis.seed_draw_interval` turns a pair of rows' ``[seed, draw]`` matrices
 (:func:`draw_matrix`) into an interval over seeds and draws.
@@ -47,9 +50,11 @@ def make_draws(reporting_root: str | Path, draws_dir: str | Path, seeds: Sequenc
     if int(arguments["seed"]) in seeds:
         raise ValueError(f"the reporting set's seed {arguments['seed']} is among the draws' seeds {list(seeds)}")
     roots = []
+    cameras = arguments.get("camera_seed")
+    cameras = int(arguments["seed"]) if cameras is None else int(cameras)
     for seed in seeds:
         root = Path(draws_dir) / f"draw-{seed}"
-        wanted = {**arguments, "seed": seed}
+        wanted = {**arguments, "seed": seed, "camera_seed": cameras}
         if (root / "meta.json").is_file():
             made = json.loads((root / "meta.json").read_text())["arguments"]
             if made != wanted:

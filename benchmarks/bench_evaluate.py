@@ -22,11 +22,10 @@ Run: ``.venv/bin/python benchmarks/bench_evaluate.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from timing import best_time
 
 from canlib.metrics import evaluate, pairwise_distance
 from canlib.metrics.reference import MARKET_SIZE, make_market_like, reference_evaluate
@@ -34,16 +33,6 @@ from canlib.metrics.reference import MARKET_SIZE, make_market_like, reference_ev
 MARKET = MARKET_SIZE
 QUICK = {"num_query": 800, "num_gallery": 4000, "num_ids": 200, "num_cams": 6}
 TARGET_RATIO = 0.25
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def main() -> int:

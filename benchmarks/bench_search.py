@@ -21,23 +21,12 @@ Run: ``.venv/bin/python benchmarks/bench_search.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from timing import best_time
 
 from canlib.metrics.search import exact_topk
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def normalised(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

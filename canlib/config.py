@@ -85,24 +85,31 @@ def _doc(default: Any, text: str) -> Any:
     return Field(default_factory=dict, description=text) if default is dict else Field(default, description=text)
 
 
+def frozen_schema(cls: type[_T], error: Callable[[ValidationError, Any, dict[str, Any]], Exception]) -> type[_T]:
+    """``cls`` as a frozen pydantic dataclass that refuses unknown fields; its constructor raises
+    ``error(exc, schema, kwargs)`` in place of pydantic's ``ValidationError`` (without the chain),
+    so that a bad value reads as one line of the caller's own kind."""
+    schema: Any = dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
+    init = schema.__init__
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise error(exc, schema, kwargs) from None
+
+    schema.__init__ = checked
+    return schema
+
+
 @dataclass_transform(field_specifiers=(dataclasses.field, Field), frozen_default=True)
 def _section(key: str) -> Callable[[type[_T]], type[_T]]:
     """A frozen pydantic dataclass that refuses unknown keys; built directly (``ModelSection(...)``,
     ``dataclasses.replace``) it raises :class:`ConfigError` naming ``key.field``, as :func:`load_config` does."""
 
     def decorate(cls: type[_T]) -> type[_T]:
-        schema: Any = dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
-        init = schema.__init__
-
-        @functools.wraps(init)
-        def checked(self: Any, *args: Any, **kwargs: Any) -> None:
-            try:
-                init(self, *args, **kwargs)
-            except ValidationError as exc:
-                raise ConfigError(_message(exc, schema, kwargs, key)) from None
-
-        schema.__init__ = checked
-        return schema
+        return frozen_schema(cls, lambda exc, schema, kwargs: ConfigError(_message(exc, schema, kwargs, key)))
 
     return decorate
 

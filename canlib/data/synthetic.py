@@ -27,7 +27,6 @@ from generators of their own, so at their level-0 values nothing else moves.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -41,11 +40,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pydantic import ConfigDict, Field, Strict, ValidationError, model_validator
-from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic import Field, Strict, ValidationError, model_validator
 from pydantic_core import ArgsKwargs
 from typing_extensions import dataclass_transform
 
+from canlib.config import frozen_schema
 from canlib.data.synthetic_draw import VIEWS, PersonPainter, Pose
 from canlib.data.synthetic_identity import Identity, make_identities, random_identity
 from canlib.data.synthetic_scene import Camera, apply_camera, draw_background, draw_occluder, make_cameras
@@ -133,18 +132,7 @@ _T = TypeVar("_T")
 @dataclass_transform(field_specifiers=(dataclasses.field, Field), frozen_default=True)
 def _arguments(cls: type[_T]) -> type[_T]:
     """A frozen pydantic dataclass refusing unknown arguments; a bad value raises :class:`SyntheticConfigError`."""
-    schema: Any = pydantic_dataclass(config=ConfigDict(extra="forbid", frozen=True))(cls)
-    init = schema.__init__
-
-    @functools.wraps(init)
-    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            init(self, *args, **kwargs)
-        except ValidationError as exc:
-            raise SyntheticConfigError(_one_line(exc)) from None
-
-    schema.__init__ = checked
-    return schema
+    return frozen_schema(cls, lambda exc, *_: SyntheticConfigError(_one_line(exc)))
 
 
 def _flag(name: str) -> str:

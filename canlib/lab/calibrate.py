@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +133,18 @@ def calibrate(
     chosen = None
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for name in ladder:
-            n = len(seeds)
-            trunks = list(pool.map(measure_trunk, [name] * n, seeds, [profile] * n, [data_dir] * n, [results_dir] * n))
+            trunk = partial(measure_trunk, name, profile=profile, data_dir=data_dir, results_dir=results_dir)
+            trunks = list(pool.map(trunk, seeds))
             if all(meets(t, "trunk_only") for t in trunks):
-                tuned = pool.map(
+                tune = partial(
                     measure_fine_tuned,
-                    [name] * n,
-                    seeds,
-                    [profile] * n,
-                    [data_dir] * n,
-                    [results_dir] * n,
-                    [runs_dir] * n,
+                    name,
+                    profile=profile,
+                    data_dir=data_dir,
+                    results_dir=results_dir,
+                    runs_dir=runs_dir,
                 )
+                tuned = pool.map(tune, seeds)
                 trunks = [{**t, **f} for t, f in zip(trunks, tuned, strict=True)]
             measured += trunks
             log.info("calibration, %s: %s", name, trunks)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from canlib.data.synthetic import make_synthetic
+from canlib.data.synthetic import SyntheticConfig, cameras_seed, make_synthetic
 from canlib.engine.evaluate import evaluate_run
 from canlib.files import write_text_atomically
 
@@ -50,8 +50,7 @@ def make_draws(reporting_root: str | Path, draws_dir: str | Path, seeds: Sequenc
     if int(arguments["seed"]) in seeds:
         raise ValueError(f"the reporting set's seed {arguments['seed']} is among the draws' seeds {list(seeds)}")
     roots = []
-    cameras = arguments.get("camera_seed")
-    cameras = int(arguments["seed"]) if cameras is None else int(cameras)
+    cameras = cameras_seed(SyntheticConfig(**arguments))
     for seed in seeds:
         root = Path(draws_dir) / f"draw-{seed}"
         wanted = {**arguments, "seed": seed, "camera_seed": cameras}

@@ -1,7 +1,8 @@
 """Calibrating a difficulty level of the synthetic set to real re-ID data, on calibration draws only.
 
-On real re-ID data, measured with the cpu profile through the CLI, a trunk pre-trained on other
-people scores 4-5 mAP without fine-tuning and the fine-tuned models 10-28 mAP. A level is
+On real re-ID data, runs of the cpu profile through the CLI reported to the project (not run
+here: the project holds no real data) gave 4-5 mAP for a trunk pre-trained on other people without
+fine-tuning, and 10-28 mAP for the fine-tuned models. A level is
 calibrated when, on draws of the generator with the calibration seeds (:data:`SEEDS`, never a
 reporting draw's), it meets both :data:`TARGETS`. The candidates (:data:`LADDER`) are ordered
 from the mildest departure from the first preset to the strongest, and the rule, fixed before

@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls calibrate data-realistic controls-realistic gpu-check sanity clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls calibrate data-realistic controls-realistic decide-realistic ablations-realistic ablations-level0-claims gpu-check sanity clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -32,6 +32,9 @@ help:
 	@echo "make controls    the pre-trained trunk alone on test and validation (results/controls)"
 	@echo "make calibrate   the realistic level's calibration on calibration draws (results/controls/calibration-realistic)"
 	@echo "make controls-realistic  the trunk alone on the realistic level's reporting draw (data/realistic)"
+	@echo "make decide-realistic    the realistic level's decisions (schedule, neck; results/decisions/cpu-realistic)"
+	@echo "make ablations-realistic the claims' sub-grid at the realistic level, both neck levels, with test draws"
+	@echo "make ablations-level0-claims  level 0's equal-capacity controls and test draws of the CA rows"
 	@echo "make digest      rewrite results/training-digest.json (after recording runs; tests/test_digest.py checks it)"
 	@echo "make digest-check  recompute the digest here and compare (adds this machine kind to its seen_on)"
 	@echo "make pretrain    pre-train the cpu proxy's trunk on a large synthetic set (another seed)"
@@ -146,6 +149,38 @@ $(REALISTIC_ROOT)/meta.json: | $(STAMP)
 controls-realistic: $(STAMP) data-realistic
 	$(BIN)/python -m canlib controls --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --split test \
 	  --out results/controls/trunk-only-realistic.json
+
+# The realistic level's decisions: the schedule, then the neck, with level 0's choices as the defaults
+# that stay on a tie (the scale and the margin keep level 0's: their options were within 0.3 mAP), on a
+# validation split scaled to the level's 500 training identities: 100 held out, and 400 new gallery
+# people so that the validation gallery holds the test gallery's 500 (results/decisions/cpu-realistic).
+decide-realistic: $(STAMP) data-realistic
+	$(BIN)/python -m canlib decide --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --jobs 2 \
+	  --stages schedule neck --defaults-from results/decisions/cpu-synthetic/decisions.json \
+	  --results results/decisions/cpu-realistic data.val_ids=100 data.val_gallery_ids=400
+
+# The claims' sub-grid (canlib.lab.rows.CLAIM_ROWS) at the realistic level on its decisions, under
+# both levels of the neck factor (canlib.lab.decide.NECK_FACTOR), every run evaluated on five test
+# draws (canlib.lab.draws); the design and its budget: results/ablations/claims-subgrid.md.
+REALISTIC_GRID = $(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --jobs 2 \
+	  --claims --decisions results/decisions/cpu-realistic/decisions.json --draws data/draws/realistic
+ablations-realistic: $(STAMP) data-realistic
+	$(REALISTIC_GRID) --neck "post-BN, shared BN, squared" --results results/ablations/cpu-realistic-neck-default
+	$(REALISTIC_GRID) --neck "BNNeck, shared BN, plain" --results results/ablations/cpu-realistic-neck-bnneck
+
+# Level 0's side of the claims: the equal-capacity controls under both neck levels (the default
+# neck's grid is ablations/cpu-synthetic, BNNeck's ablations-v3), and the test draws of the rows
+# that compare CA on Part-1,3,5,7 (retrained bit for bit where no checkpoint is at hand).
+LEVEL0_DRAW_ROWS := --row "Table 2:Part-1,3,5,7" --row "Table 3:Part-1,3,5,7" --row "Controls:Part-1,3,5,7, CA slots by mean"
+ablations-level0-claims: $(STAMP) data
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --claims --slices
+	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --claims --slices \
+	  --neck "BNNeck, shared BN, plain" --results results/ablations-v3
+	$(BIN)/python -m canlib draws --config configs/cpu.yaml --data-root $(DATA_ROOT) $(LEVEL0_DRAW_ROWS) \
+	  --draws-dir data/draws/synthetic --runs runs/ablations/cpu-synthetic
+	$(BIN)/python -m canlib draws --config configs/cpu.yaml --data-root $(DATA_ROOT) $(LEVEL0_DRAW_ROWS) \
+	  --draws-dir data/draws/synthetic --runs runs/ablations-v3 --results results/ablations-v3 \
+	  --neck "BNNeck, shared BN, plain"
 
 ablations-force: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --tables $(GRID_TABLES) --slices --force

@@ -45,7 +45,7 @@ from canlib.engine.search import report_lines, search
 from canlib.engine.trainer import train
 from canlib.engine.weights import check_destination, export_weights, load_run_checkpoint
 from canlib.lab import calibrate, controls, cost, decide, digest, draws, grid, launch, pretrain, sanity
-from canlib.lab.rows import TABLES, check_seeds, results_folder, select_rows
+from canlib.lab.rows import TABLES, Row, check_seeds, claim_rows, results_folder, select_rows
 from canlib.lab.tables import check_tables, write_tables
 from canlib.metrics import AP_VARIANTS, METRICS
 
@@ -612,9 +612,26 @@ def _runs_folder(results: str | Path, runs: str | None) -> Path:
     return Path("runs", *path.parts[1:]) if path.parts[:1] == ("results",) else path.with_name(path.name + "-runs")
 
 
+def _grid_rows(args: argparse.Namespace) -> list[Row]:
+    """The rows ``ablate`` trains: ``--tables``/``--rows`` (or ``--claims``), each with the choices of
+    ``--decisions``, then the ``--neck`` option's and the command line's overrides appended. A typo
+    selects nothing and is refused."""
+    if args.claims:
+        rows = claim_rows()
+        if args.rows:
+            rows = [r for r in select_rows(TABLES, args.rows) if r in rows]
+            if not rows:
+                raise ValueError(f"--rows {' '.join(args.rows)} selects no row of the claims' sub-grid (--claims)")
+    else:
+        rows = select_rows(args.tables, args.rows)
+    neck = decide.neck_overrides(args.neck) if args.neck else ()
+    extra = [*(decide.chosen_overrides(args.decisions) if args.decisions else []), *neck, *args.overrides]
+    return [Row(r.table, r.label, (*r.overrides, *extra)) for r in rows]
+
+
 @_reports_user_errors
 def _ablate(args: argparse.Namespace) -> int:
-    rows = select_rows(args.tables, args.rows)  # a typo selects nothing: refused before any work
+    rows = _grid_rows(args)
     if args.launcher != "submitit":  # submitit's jobs run elsewhere, on the cluster's GPUs
         _check_device(args.device)
     submitit = args.launcher == "submitit"
@@ -623,6 +640,7 @@ def _ablate(args: argparse.Namespace) -> int:
     runs = _runs_folder(results, args.runs)
     gpus = None if submitit else _local_gpus(args)
     cluster, throughput = _cluster_options(args, runs) if submitit else None, _throughput(args)
+    roots = [str(r) for r in draws.make_draws(args.data_root, args.draws)] if args.draws else []
     with hold(runs, "ablate"):  # a second grid on these runs is refused here, naming this one
         try:
             records = grid.run_grid(
@@ -640,6 +658,7 @@ def _ablate(args: argparse.Namespace) -> int:
                 gpus_per_run=args.gpus_per_run,
                 cluster=cluster,
                 throughput=throughput,
+                draws=roots,
             )
         except grid.GridFailed as exc:
             return _failed_runs(exc, results)
@@ -740,8 +759,31 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
         "--runs", help="working folders with checkpoints (not in git; default runs/ablations/<profile>-<dataset>)"
     )
     p.add_argument("--slices", action="store_true", help="also evaluate each new run on its global and local slices")
+    p.add_argument(
+        "--claims",
+        action="store_true",
+        help="the claims' sub-grid instead of --tables (canlib.lab.rows.CLAIM_ROWS; --rows narrows it)",
+    )
+    p.add_argument(
+        "--decisions",
+        metavar="decisions.json",
+        help="apply the choices of these decisions (a `decide` record) to every row, before the overrides",
+    )
+    p.add_argument(
+        "--neck",
+        metavar="OPTION",
+        help=f"the neck stage's option for every row, after --decisions (the factor: {' / '.join(decide.NECK_FACTOR)})",
+    )
+    p.add_argument(
+        "--draws",
+        metavar="DIR",
+        help="generate test draws of --data-root under DIR and evaluate every run on them (canlib.lab.draws)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda: the GPUs are placed by --jobs and --gpus-per-run")
     p.add_argument("--force", action="store_true", help="retrain even when a recorded run exists")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="configuration overrides of every row (e.g. a neck level)"
+    )
     _add_ablate_launch(p)
     p.set_defaults(func=_ablate)
 
@@ -755,7 +797,7 @@ def _decide(args: argparse.Namespace) -> int:
         decisions = decide.run_decisions(
             args.config,
             args.data_root,
-            decide.STAGES,
+            decide.select_stages(args.stages, args.defaults_from),
             args.seeds,
             results,
             runs,
@@ -782,6 +824,16 @@ def _add_decide(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", help="working run folders (default runs/decisions/<profile>-<dataset>)")
     p.add_argument("--jobs", type=_positive_int, default=2, help="runs trained side by side")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (a GPU this machine has)")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        help=f"only these stages, in their order (default all: {', '.join(decide.stage_names())})",
+    )
+    p.add_argument(
+        "--defaults-from",
+        metavar="decisions.json",
+        help="each stage's default (what stays on a tie) is what this record chose (e.g. another level's decisions)",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -882,7 +934,10 @@ def _draws(args: argparse.Namespace) -> int:
     results = Path(args.results or results_folder(args.config))
     roots = draws.make_draws(args.data_root, args.draws_dir, args.draw_seeds)
     for seed in args.seeds:
-        folders = grid.trained_run_folders(args.config, args.data_root, args.row, seed, args.runs, results, args.jobs)
+        extra = decide.neck_overrides(args.neck) if args.neck else ()
+        folders = grid.trained_run_folders(
+            args.config, args.data_root, args.row, seed, args.runs, results, args.jobs, extra
+        )
         for spec, folder in zip(args.row, folders, strict=True):
             have = (draws.read_draws(results / folder.name) or {}).get("draws", {})
             if not all(root.name in have for root in roots):
@@ -907,6 +962,7 @@ def _add_draws(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws-dir", default="data/draws", help="where the draws are generated")
     p.add_argument("--results", help="the grid's records (default: the profile's results folder)")
     p.add_argument("--runs", default="runs/ablations", help="the grid's working folders (checkpoints)")
+    p.add_argument("--neck", metavar="OPTION", help="the neck option the grid was run with (as `ablate --neck`)")
     p.add_argument(
         "--jobs", type=_positive_int, default=2, help="runs retrained side by side where a checkpoint is missing"
     )

@@ -76,7 +76,7 @@ def test_grid_places_one_run_per_gpu_slot_and_queues_the_rest(tiny_data, tmp_pat
     """Four runs on two fake 1-GPU slots: at most two at once, never two on one slot, every run trained."""
     lock, running, seen = threading.Lock(), set(), []
 
-    def fake_train(cfg, run_dir, results_dir, device, threads, nproc, slot, fresh, slices=False):
+    def fake_train(cfg, run_dir, results_dir, device, threads, nproc, slot, fresh, slices=False, draws=()):
         with lock:
             assert slot not in running, f"slot {slot} given to two runs at once"
             running.add(slot)

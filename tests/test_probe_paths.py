@@ -60,7 +60,9 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Each run the grid trains records a complete record at once (no training); the names trained."""
     trained: list[str] = []
 
-    def train_and_record(cfg, run_dir, results_dir, device, threads, nproc=1, slot=None, fresh=False, slices=False):
+    def train_and_record(
+        cfg, run_dir, results_dir, device, threads, nproc=1, slot=None, fresh=False, slices=False, draws=()
+    ):
         trained.append(Path(run_dir).name)
         dest = Path(results_dir) / Path(run_dir).name
         dest.mkdir(parents=True, exist_ok=True)

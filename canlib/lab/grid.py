@@ -28,9 +28,10 @@ from canlib.engine.record import copy_record
 from canlib.engine.run_folder import FolderBusy, locked
 from canlib.lab import cost, launch
 from canlib.lab.analysis import METRIC_KEYS
+from canlib.lab.draws import read_draws, record_draws
 from canlib.lab.readout import record_slices
-from canlib.lab.records import load_records, recorded_run
-from canlib.lab.rows import Row, ablation_rows, check_rows, check_seeds, resolve, results_folder
+from canlib.lab.records import incomplete_record, load_records, recorded_run
+from canlib.lab.rows import TABLES, Row, ablation_rows, check_rows, check_seeds, resolve, results_folder
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +102,27 @@ def train_and_record(
     slot: launch.Slot = None,
     fresh: bool = False,
     slices: bool = False,
+    draws: Sequence[str] = (),
 ) -> str:
     """Train one run in its working folder ``run_dir`` (resuming it, or from scratch with ``fresh``) and
     copy its record to ``results_dir/<hash>``; returns that folder. What the local pool runs for each
     run, and what a cluster job runs (top-level, plain arguments: submitit pickles it). With
-    ``slices``, the trained model is also read out on its global and local slices (:mod:`canlib.lab.readout`).
+    ``slices``, the trained model is also read out on its global and local slices (:mod:`canlib.lab.readout`);
+    with ``draws`` (generated test draws, :mod:`canlib.lab.draws`), evaluated on each of them.
+    A complete record is not copied again: a run trained anew only for its draws keeps its record.
     Nothing of the run is touched (its folder, configuration or log) while another job holds it."""
     folder = Path(run_dir)
+    dest = Path(results_dir) / folder.name
     with _locked_run(folder):
         if fresh and folder.exists():
             shutil.rmtree(folder)
         _train_subprocess(cfg, folder, device, threads, nproc, slot)
-        dest = copy_record(folder, Path(results_dir) / folder.name)
+        if fresh or not dest.exists() or incomplete_record(dest) is not None:
+            copy_record(folder, dest)
         if slices:
             record_slices(folder, dest, device)
+        if draws:
+            record_draws(folder, dest, [Path(d) for d in draws], device)
     log.info("recorded %s", dest)
     return str(dest)
 
@@ -129,6 +137,7 @@ def _train_on_pool(
     nproc: int,
     fresh: bool,
     slices: bool = False,
+    draws: Sequence[str] = (),
 ) -> list[str]:
     """Train ``todo`` side by side, one run per slot; the rest wait in the pool's queue. Returns the
     failed runs, one line each (a failed run does not stop the others)."""
@@ -140,7 +149,7 @@ def _train_on_pool(
         run, results = str(runs_dir / key), str(results_dir)
         with free.take() as slot:
             try:
-                train_and_record(cfg, run, results, device, threads, nproc, slot, fresh, slices)
+                train_and_record(cfg, run, results, device, threads, nproc, slot, fresh, slices, draws)
             except (RunFailed, FolderBusy) as exc:
                 failures.append(str(exc))
 
@@ -159,11 +168,12 @@ def _train_on_cluster(
     nproc: int,
     fresh: bool,
     slices: bool = False,
+    draws: Sequence[str] = (),
 ) -> list[str]:
     """Submit ``todo`` as one job array through submitit and wait for every job; the failures, one line."""
     runs_dir, results_dir = runs_dir.resolve(), results_dir.resolve()  # the jobs may start elsewhere
     calls = [
-        (cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, None, fresh, slices)
+        (cfg, str(runs_dir / key), str(results_dir), device, threads, nproc, None, fresh, slices, draws)
         for key, cfg in todo.items()
     ]
     try:
@@ -189,11 +199,14 @@ def run_grid(
     cluster: launch.ClusterOptions | None = None,
     throughput: cost.Throughput | None = None,
     slices: bool = False,
+    draws: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Train (or reuse) every (row, seed) and return one record per run (as :func:`canlib.lab.records.load_records`).
 
     With ``slices``, each newly trained run is also evaluated on its global and its local slices
-    (:mod:`canlib.lab.readout`).
+    (:mod:`canlib.lab.readout`). With ``draws`` (the folders of generated test draws), each run is
+    evaluated on every draw as it finishes (``draws.json``); a recorded run without them is trained
+    again for them (bit for bit, :mod:`canlib.lab.digest`) unless its working folder still holds it.
 
     Identical configurations that appear in two tables (Table 3's Part-1,3,5,7 is Table 4's
     last row) are trained once. ``jobs`` runs train side by side in child processes; with
@@ -212,7 +225,11 @@ def run_grid(
     slots: list[launch.Slot] = list(launch.place(jobs, gpus, gpus_per_run)) if gpus is not None else [None] * jobs
     check_rows(profile, rows, seeds[0], data_root)
     plan = {config_hash(cfg): cfg for cfg in (resolve(profile, r, s, data_root) for r in rows for s in seeds)}
-    todo = {key: cfg for key, cfg in plan.items() if force or recorded_run(results_dir, cfg) is None}
+    todo = {
+        key: cfg
+        for key, cfg in plan.items()
+        if force or recorded_run(results_dir, cfg) is None or _lacks_draws(results_dir / key, draws)
+    }
     for cfg in todo.values():
         launch.check_split(int(cfg["data"]["p"]), gpus_per_run)
     log.info("ablation grid: %d runs, %d distinct, %d to train", len(rows) * len(seeds), len(plan), len(todo))
@@ -220,11 +237,13 @@ def run_grid(
 
     if cluster is not None:
         failures = _train_on_cluster(
-            todo, runs_dir, results_dir, device, cluster, threads_per_job, gpus_per_run, force, slices
+            todo, runs_dir, results_dir, device, cluster, threads_per_job, gpus_per_run, force, slices, draws
         )
     else:
         threads = threads_per_job or max(1, (os.cpu_count() or 1) // max(len(slots), 1))
-        failures = _train_on_pool(todo, runs_dir, results_dir, device, slots, threads, gpus_per_run, force, slices)
+        failures = _train_on_pool(
+            todo, runs_dir, results_dir, device, slots, threads, gpus_per_run, force, slices, draws
+        )
 
     records = load_records(profile, data_root, rows, seeds, results_dir)
     if failures:
@@ -235,6 +254,12 @@ def run_grid(
     return records
 
 
+def _lacks_draws(record: Path, draws: Sequence[str]) -> bool:
+    """Whether a recorded run misses an evaluation on one of ``draws`` (its ``draws.json``)."""
+    have = (read_draws(record) or {}).get("draws", {})
+    return any(Path(d).name not in have for d in draws)
+
+
 def row_run_folders(
     profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int, runs_dir: str | Path
 ) -> list[Path]:
@@ -243,14 +268,16 @@ def row_run_folders(
 
 
 def _row_configs(
-    profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int
+    profile: str | Path, data_root: str | Path, specs: Iterable[str], seed: int, extra: Sequence[str] = ()
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(configuration hash, resolved configuration) of each row named ``"Table N:label"``, in order."""
-    specs, known = list(specs), {f"{r.table}:{r.label}": r for r in ablation_rows()}
+    """(configuration hash, resolved configuration) of each row named ``"Table N:label"``, in order,
+    with the overrides ``extra`` appended (a grid run with ``ablate``'s overrides, e.g. a neck level)."""
+    specs, known = list(specs), {f"{r.table}:{r.label}": r for r in ablation_rows(TABLES)}
     unknown = [spec for spec in specs if spec not in known]
     if unknown:
         raise ValueError(f"unknown row {unknown[0]!r}; known rows: {', '.join(known)}")
-    cfgs = [resolve(profile, known[spec], seed, data_root) for spec in specs]
+    rows = [Row(known[s].table, known[s].label, (*known[s].overrides, *extra)) for s in specs]
+    cfgs = [resolve(profile, row, seed, data_root) for row in rows]
     return [(config_hash(cfg), cfg) for cfg in cfgs]
 
 
@@ -270,14 +297,16 @@ def trained_run_folders(
     runs_dir: str | Path,
     results_dir: str | Path | None = None,
     jobs: int = 2,
+    extra: Sequence[str] = (),
 ) -> list[Path]:
     """:func:`row_run_folders`, each with its final checkpoint: a recorded run whose working folder
     lacks one (a fresh clone holds records, not checkpoints) is trained again on the CPU, one thread
-    per job as the grid trains. Each folder's metrics must equal its record's when both were trained
-    on the same CPU kind (model and capability), and lie within :data:`RETRAIN_TOLERANCE` otherwise
-    (``RuntimeError``: the weights would not stand for the recorded run)."""
+    per job as the grid trains (``extra``: the grid's overrides, as :func:`_row_configs`). Each
+    folder's metrics must equal its record's when both were trained on the same CPU kind (model and
+    capability), and lie within :data:`RETRAIN_TOLERANCE` otherwise (``RuntimeError``: the weights
+    would not stand for the recorded run)."""
     results = Path(results_folder(profile) if results_dir is None else results_dir)
-    named = _row_configs(profile, data_root, specs, seed)
+    named = _row_configs(profile, data_root, specs, seed, extra)
     cfgs, folders = dict(named), [Path(runs_dir) / name for name, _ in named]
     missing = [f for f in folders if not (f / CHECKPOINT).is_file() or not (f / "metrics.json").is_file()]
     unrecorded = [f.name for f in folders if recorded_run(results, cfgs[f.name]) is None]

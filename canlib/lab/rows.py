@@ -68,23 +68,54 @@ CONTROLS = "Controls"
 def control_rows() -> list[Row]:
     """Rows that separate "local features help" from "more descriptor slices" and test a reading:
 
-    Part-1 (the global branch alone) under Tables 2-3's loss and under Table 4's final loss, and
+    Part-1 (the global branch alone) under Tables 2-3's loss and under Table 4's final loss;
     Part-1,3,5,7 with CA and PyTorch's adaptive pooling instead of equation (1) (``model.pooling``),
-    under Table 3's loss, as the paper's "Adaptive Concatenation Pooling" may mean. The pre-trained
-    trunk alone, without fine-tuning, is measured by :mod:`canlib.lab.controls` (no training).
+    under Table 3's loss, as the paper's "Adaptive Concatenation Pooling" may mean; and CA at equal
+    capacity for Part-1,2,3 and Part-1,3,5,7 (:data:`EQUAL_CAPACITY`): CA's slots filled by the
+    mean of the same neighbours (``model.ca_fusion=mean``), a descriptor of the CA model's size and
+    number of features with no max, under Table 3's loss. The pre-trained trunk alone, without
+    fine-tuning, is measured by :mod:`canlib.lab.controls` (no training).
     """
     global_only = _pattern_overrides((1,), False)
     final_loss = paper.LOSS_ROWS[list(paper.LOSS_ROWS)[-1]]
+    ablation_loss = _loss_overrides(paper.ablation_loss())
     ca = _pattern_overrides(paper.PART_PATTERNS[paper.FINAL_PATTERN], True)
-    return [
-        Row(CONTROLS, "Part-1 (Tables 2-3 loss)", global_only + _loss_overrides(paper.ablation_loss())),
-        Row(CONTROLS, "Part-1 (final loss)", global_only + _loss_overrides(final_loss)),
+    equal = [
         Row(
-            CONTROLS,
-            "Part-1,3,5,7 + CA, adaptive pooling",
-            (*ca, *_loss_overrides(paper.ablation_loss()), "model.pooling=adaptive"),
-        ),
+            CONTROLS, label, (*_pattern_overrides(paper.PART_PATTERNS[p], True), *ablation_loss, "model.ca_fusion=mean")
+        )
+        for p, label in EQUAL_CAPACITY.items()
     ]
+    return [
+        Row(CONTROLS, "Part-1 (Tables 2-3 loss)", global_only + ablation_loss),
+        Row(CONTROLS, "Part-1 (final loss)", global_only + _loss_overrides(final_loss)),
+        Row(CONTROLS, "Part-1,3,5,7 + CA, adaptive pooling", (*ca, *ablation_loss, "model.pooling=adaptive")),
+        *equal,
+    ]
+
+
+#: The equal-capacity controls of CA: the pattern, and its row label in :data:`CONTROLS`.
+EQUAL_CAPACITY: dict[str, str] = {
+    "Part-1,2,3": "Part-1,2,3, CA slots by mean",
+    "Part-1,3,5,7": "Part-1,3,5,7, CA slots by mean",
+}
+
+#: The claims' sub-grid, (table, label): the rows the claims about CA and the losses compare,
+#: trained where a full grid is too dear (the realistic level, each level of the neck factor).
+#: Part-1,2,3 and Part-1,3,5,7 with and without CA and at equal capacity, Table 4's rows (its
+#: "CE + triplet" is Table 3's Part-1,3,5,7), and Part-1, the global branch alone.
+CLAIM_ROWS: tuple[tuple[str, str], ...] = (
+    (CONTROLS, "Part-1 (Tables 2-3 loss)"),
+    *((t, p) for p in EQUAL_CAPACITY for t in ("Table 2", "Table 3")),
+    *((CONTROLS, label) for label in EQUAL_CAPACITY.values()),
+    *(("Table 4", label) for label in paper.LOSS_ROWS),
+)
+
+
+def claim_rows() -> list[Row]:
+    """The rows of :data:`CLAIM_ROWS`, in the grid's order (one per configuration)."""
+    wanted = set(CLAIM_ROWS)
+    return [r for r in ablation_rows(TABLES) if (r.table, r.label) in wanted]
 
 
 #: The grid's tables, as ``ablate --tables`` names them.

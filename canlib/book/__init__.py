@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from canlib.lab.analysis import CONFIDENCE, count_verdicts
+from canlib.lab.analysis import CONFIDENCE, DEPENDS, count_verdicts
 
 __all__ = [
     "claim_verdict",
@@ -45,6 +45,7 @@ __all__ = [
     "markdown_table",
     "readout_table",
     "same_verdicts",
+    "verdict_grid",
 ]
 
 Format = str | Callable[[Any], str]
@@ -134,6 +135,7 @@ VERDICT_COLOURS = {
     "contradicted": "#cf222e",
     "inconclusive": "#57606a",
     "not run": "#8c959f",
+    DEPENDS: "#9a6700",
 }
 
 #: The words of each verdict, for one claim and for a count.
@@ -142,6 +144,7 @@ VERDICT_WORDS = {
     "contradicted": ("contradicted", "contradicted"),
     "inconclusive": ("inconclusive", "inconclusive"),
     "not run": ("not run yet", "not run yet"),
+    DEPENDS: (DEPENDS, DEPENDS),
 }
 
 
@@ -217,6 +220,32 @@ def headline_table(judged: Mapping[str, pd.DataFrame], current: str) -> pd.DataF
     earlier = [label for label in judged if label != current]
     if earlier:
         out[f"same verdict on {', '.join(earlier)}?"] = same_verdicts(now, [judged[g] for g in earlier])
+    return out
+
+
+#: Short names of the neck factor's levels (:data:`canlib.lab.decide.NECK_FACTOR`) for column heads.
+NECK_SHORT = {"post-BN, shared BN, squared": "post-BN, squared", "BNNeck, shared BN, plain": "BNNeck, plain"}
+
+
+def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
+    """The claims' verdicts per cell of :func:`canlib.lab.verdicts.judge_cells` and over the neck.
+
+    One row per claim; per cell (level, neck) its coloured verdict and Δ with its interval, over seeds
+    and draws where the runs were read out on draws (marked "s+d"), else over seeds ("s"); then per
+    level the verdict over both necks (``robust``, :func:`canlib.lab.verdicts.robustness`)."""
+    from canlib.lab.verdicts import final_verdict
+
+    out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(judged["claim"])), name="claim"))
+    for (level, neck), cell in judged.groupby(["level", "neck"], sort=False):
+        texts = []
+        for _, row in cell.iterrows():
+            verdict, draws = final_verdict(row), row["verdict (seeds and draws)"] not in ("no draws", "not run")
+            d, (lo, hi) = (row["Δ draws"], row["draws CI"]) if draws else (row["Δ"], row["seeds CI"])
+            gap = "" if verdict == "not run" else f" {_difference(d, lo, hi)} {'s+d' if draws else 's'}"
+            texts.append(claim_verdict(verdict) + gap)
+        out[f"{level}, {NECK_SHORT.get(neck, neck)}"] = texts
+    for level in robust.columns:
+        out[f"{level}: over both necks"] = [claim_verdict(v) for v in robust.loc[out.index, level]]
     return out
 
 

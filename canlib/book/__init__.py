@@ -207,10 +207,13 @@ def claims_table(claims: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFr
     return out
 
 
-def headline_table(judged: Mapping[str, pd.DataFrame], current: str) -> pd.DataFrame:
+def headline_table(
+    judged: Mapping[str, pd.DataFrame], current: str, robust: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per claim for a first screen: the paper's difference, the ``current`` grid's with its
     interval and verdict, and whether each earlier grid of ``judged`` (``{label: judge_claims frame}``)
-    reached the same verdict."""
+    reached the same verdict. With ``robust`` (:func:`canlib.lab.verdicts.robustness`), per level of
+    difficulty the verdict over both necks of each claim the sub-grid judges ("-" for the others)."""
     now = judged[current]
     out = pd.DataFrame(index=pd.Index(now["claim"], name="claim of the paper"))
     out["paper Δ"] = [f"{d:+.1f}" for d in now["paper Δ %"]]
@@ -220,6 +223,11 @@ def headline_table(judged: Mapping[str, pd.DataFrame], current: str) -> pd.DataF
     earlier = [label for label in judged if label != current]
     if earlier:
         out[f"same verdict on {', '.join(earlier)}?"] = same_verdicts(now, [judged[g] for g in earlier])
+    if robust is not None:
+        for level in robust.columns:
+            out[f"over both necks, {level}"] = [
+                claim_verdict(robust.loc[c, level]) if c in robust.index else "-" for c in out.index
+            ]
     return out
 
 

@@ -18,7 +18,7 @@ NBVAL_SANITIZE := .ci/nbval_sanitize.cfg
 export CANLIB_DATA_ROOT := $(abspath $(DATA_ROOT))
 export PYTHONHASHSEED := 0
 
-.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-check controls calibrate data-realistic controls-realistic decide-realistic ablations-realistic ablations-level0-claims gpu-check sanity clean clean-all
+.PHONY: help venv data test lint unit nbval book chapters html benchmarks train ablations ablations-force weights experiments pretrain decide digest digest-add digest-check controls calibrate data-realistic controls-realistic decide-realistic ablations-realistic ablations-level0-claims gpu-check sanity clean clean-all
 
 help:
 	@echo "make book        build the HTML book in _build/html (creates .venv on first use)"
@@ -125,6 +125,10 @@ decide: $(STAMP) $(if $(filter synthetic,$(DATASET)),data)
 # adds this machine's kind to the file's seen_on when every bit agrees.
 digest: $(STAMP)
 	$(BIN)/python -m canlib digest
+
+# Only the configurations recorded since (on a machine kind the file has seen; the rest keep their digests).
+digest-add: $(STAMP)
+	$(BIN)/python -m canlib digest --add
 
 digest-check: $(STAMP)
 	$(BIN)/python -m canlib digest --check

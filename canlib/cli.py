@@ -871,6 +871,10 @@ def _digest(args: argparse.Namespace) -> int:
             return EXIT_CHECK_FAILED
         log.info("every recorded configuration trains as before (%s; seen on %s)", args.out, digest.machine_kind())
         return 0
+    if args.add:
+        added = digest.add_to_digest(args.out, args.results)
+        log.info("training digest: %d configuration(s) added to %s", len(added), args.out)
+        return 0
     data = digest.write_digest(args.results, args.out)
     log.info("training digest of %d configurations written (%s)", len(data["digests"]), args.out)
     return 0
@@ -889,6 +893,11 @@ def _add_digest(sub: argparse._SubParsersAction) -> None:
         "--check",
         action="store_true",
         help="recompute and compare instead of writing; on success, add this machine to the file's seen_on",
+    )
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="digest only the configurations the file lacks (on a machine kind of its seen_on), keep the rest",
     )
     p.set_defaults(func=_digest)
 

@@ -106,3 +106,21 @@ def test_a_results_folder_without_records_is_refused_and_nothing_is_written(tmp_
     with pytest.raises(ValueError, match="no recorded runs"):
         digest_mod.write_digest(tmp_path / "results-typo", out)
     assert out.read_text() == "{}\n"
+
+
+def test_adding_digests_only_the_new_configurations_and_only_on_a_seen_kind(tmp_path, monkeypatch) -> None:
+    names = sorted(CONFIGS)[:2]
+    digested: list[list[str]] = []
+    monkeypatch.setattr(digest_mod, "record_configs", lambda _: {n: CONFIGS[n] for n in names})
+    monkeypatch.setattr(
+        digest_mod, "compute_digests", lambda c: digested.append(sorted(c)) or {n: {"bits": n} for n in c}
+    )
+    monkeypatch.setattr(digest_mod, "why_not_comparable", lambda _: None)
+    monkeypatch.setattr(digest_mod, "machine_kind", lambda: "CPU X (AVX2)")
+    path = tmp_path / "digest.json"
+    path.write_text(json.dumps({"seen_on": ["CPU X (AVX2)"], "digests": {names[0]: {"bits": "kept"}, "gone": {}}}))
+    assert digest_mod.add_to_digest(path, tmp_path) == [names[1]] and digested == [[names[1]]]
+    assert json.loads(path.read_text())["digests"] == {names[0]: {"bits": "kept"}, names[1]: {"bits": names[1]}}
+    monkeypatch.setattr(digest_mod, "machine_kind", lambda: "CPU Y (AVX512)")
+    with pytest.raises(digest_mod.DigestPlatformError, match="not among its seen_on"):
+        digest_mod.add_to_digest(path, tmp_path)

@@ -229,6 +229,27 @@ def write_digest(results_dir: str | Path = "results", out_path: str | Path | Non
     return data
 
 
+def add_to_digest(
+    digest_path: str | Path = "results/training-digest.json", results_dir: str | Path = "results"
+) -> list[str]:
+    """Digest only the recorded configurations the file lacks, and drop those no longer recorded
+    (``make digest-add``); the others keep their recorded digests. Refused unless this machine's kind
+    is in the file's ``seen_on`` on the same platform: the file promises bits per machine kind, and
+    bits from another kind mixed in would break that promise. Returns the names added."""
+    path = Path(digest_path)
+    recorded = json.loads(path.read_text())
+    reason = why_not_comparable(recorded)
+    if reason or machine_kind() not in recorded.get("seen_on", []):
+        why = reason or f"this machine ({machine_kind()}) is not among its seen_on {recorded.get('seen_on')}"
+        raise DigestPlatformError(f"{path}: cannot add to it here ({why}); rewrite it whole with make digest")
+    configs = record_configs(results_dir)
+    new = {name: cfg for name, cfg in configs.items() if name not in recorded["digests"]}
+    kept = {name: d for name, d in recorded["digests"].items() if name in configs}
+    recorded["digests"] = dict(sorted({**kept, **compute_digests(new)}.items())) if new else kept
+    _write_whole(path, recorded)
+    return sorted(new)
+
+
 def judge(
     recorded: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]], exact: bool
 ) -> tuple[dict[str, list[str]], list[str]]:

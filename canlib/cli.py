@@ -791,13 +791,14 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 @_reports_user_errors
 def _decide(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    stages = decide.select_stages(args.stages, args.defaults_from)  # a typo is refused before any work
     results = args.results or results_folder(args.config, "decisions")
     runs = _runs_folder(results, args.runs)
     with hold(runs, "decide"):  # a second run of the decisions on these runs is refused here, naming this one
         decisions = decide.run_decisions(
             args.config,
             args.data_root,
-            decide.select_stages(args.stages, args.defaults_from),
+            stages,
             args.seeds,
             results,
             runs,

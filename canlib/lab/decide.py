@@ -317,7 +317,9 @@ def decide(
             dead,
             mean,
             std,
-            "every option's classifier ended near chance: the stage cannot decide, the default stays",
+            "no option is eligible (every classifier ended near chance"
+            + (f" or above the end state's CE of {stage.converged_ce:.2f}" if stage.converged_ce is not None else "")
+            + "): the stage cannot decide, the default stays",
         )
     best = max(eligible, key=lambda label: mean[label])
     if stage.default in dead:

@@ -156,7 +156,7 @@ controls-realistic: $(STAMP) data-realistic
 
 # The realistic level's decisions: the schedule, then the neck, with level 0's choices as the defaults
 # that stay on a tie (the scale and the margin keep level 0's: their options were within 0.3 mAP), on a
-# validation split scaled to the level's 500 training identities: 100 held out, and 400 new gallery
+# validation split scaled to the level's 501 training identities: 100 held out, and 400 new gallery
 # people so that the validation gallery holds the test gallery's 500 (results/decisions/cpu-realistic).
 decide-realistic: $(STAMP) data-realistic
 	$(BIN)/python -m canlib decide --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --jobs 2 \
@@ -164,12 +164,12 @@ decide-realistic: $(STAMP) data-realistic
 	  --results results/decisions/cpu-realistic data.val_ids=100 data.val_gallery_ids=400
 
 # The claims' sub-grid (canlib.lab.rows.CLAIM_ROWS) at the realistic level on its decisions, under
-# both levels of the neck factor (canlib.lab.decide.NECK_FACTOR), every run evaluated on five test
-# draws (canlib.lab.draws); the design and its budget: results/ablations/claims-subgrid.md.
+# two necks (canlib.lab.verdicts.REALISTIC_NECKS: the level's chosen neck and BNNeck, plain), every
+# run evaluated on five test draws (canlib.lab.draws); design and budget: results/ablations/claims-subgrid.md.
 REALISTIC_GRID = $(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(REALISTIC_ROOT) --jobs 2 \
 	  --claims --decisions results/decisions/cpu-realistic/decisions.json --draws data/draws/realistic
 ablations-realistic: $(STAMP) data-realistic
-	$(REALISTIC_GRID) --neck "post-BN, shared BN, squared" --results results/ablations/cpu-realistic-neck-default
+	$(REALISTIC_GRID) --neck "post-BN, shared BN, plain" --results results/ablations/cpu-realistic-neck-post-bn-plain
 	$(REALISTIC_GRID) --neck "BNNeck, shared BN, plain" --results results/ablations/cpu-realistic-neck-bnneck
 
 # Level 0's side of the claims: the equal-capacity controls under both neck levels (the default

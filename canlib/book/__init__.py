@@ -232,7 +232,11 @@ def headline_table(
 
 
 #: Short names of the neck factor's levels (:data:`canlib.lab.decide.NECK_FACTOR`) for column heads.
-NECK_SHORT = {"post-BN, shared BN, squared": "post-BN, squared", "BNNeck, shared BN, plain": "BNNeck, plain"}
+NECK_SHORT = {
+    "post-BN, shared BN, squared": "post-BN, squared",
+    "post-BN, shared BN, plain": "post-BN, plain",
+    "BNNeck, shared BN, plain": "BNNeck, plain",
+}
 
 
 def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:

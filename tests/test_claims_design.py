@@ -82,3 +82,13 @@ def test_a_grid_run_is_read_out_on_every_draw_and_a_missing_readout_is_made_agai
     assert run_grid(SMOKE, tiny_data, draws=roots, **kwargs) == [record]
     assert list(draws.read_draws(folder)["draws"]) == ["draw-21", "draw-22"]  # measured again
     assert (folder / "run.json").read_text() == run_json  # the record itself is kept as it was
+
+
+def test_missing_decisions_and_a_mistyped_stage_are_refused_in_one_line(tmp_path, caplog):
+    base = ["--config", str(SMOKE), "--data-root", str(tmp_path)]
+    missing = tmp_path / "none" / "decisions.json"
+    assert cli.main(["ablate", *base, "--claims", "--decisions", str(missing)]) == cli.EXIT_BAD_INPUT
+    assert str(missing) in caplog.text
+    assert cli.main(["decide", *base, "--stages", "sheduel"]) == cli.EXIT_BAD_INPUT
+    assert "--stages 'sheduel'" in caplog.text
+    assert cli.main(["decide", *base, "--stages", "neck", "--defaults-from", str(missing)]) == cli.EXIT_BAD_INPUT

@@ -183,7 +183,7 @@ def test_the_grid_resolves_to_its_committed_records():
     recorded = {p.name for p in (ROOT / "results" / "ablations" / "cpu-synthetic").iterdir()}
     rows = ablation_rows(("Table 2", "Table 3", "Table 4", "Controls"))  # what make ablations runs
     runs = [resolve(CONFIGS / "cpu.yaml", row, seed, "anywhere") for row in rows for seed in (0, 1, 2)]
-    assert len(runs) == 51 and all(config_hash(cfg) in recorded for cfg in runs)  # rows may share a run
+    assert len(runs) == 57 and all(config_hash(cfg) in recorded for cfg in runs)  # rows may share a run
 
 
 def test_config_value_reads_dotted_keys_and_names_missing_ones():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,23 +54,31 @@ def test_with_draws_the_interval_covers_seeds_and_draws(tmp_path):
     assert judged["verdict (seeds and draws)"] == "holds"
 
 
+def _judged(claim: str, level: str, seeds: str, draws: str) -> dict:
+    """One row of ``judge_cells`` with a verdict over seeds and one over seeds and draws."""
+    nan = (math.nan, math.nan)
+    with_draws = draws not in ("no draws", "not run")
+    return {
+        **{"claim": claim, "level": level, "verdict (seeds)": seeds, "verdict (seeds and draws)": draws},
+        **{"Δ": 1.0, "seeds CI": (0.5, 1.5), "Δ draws": 2.0 if with_draws else math.nan},
+        "draws CI": (-0.5, 4.5) if with_draws else nan,
+    }
+
+
+def test_the_book_reads_the_draws_interval_where_there_are_draws_else_the_seeds():
+    seeds_only = verdicts.final_reading(pd.Series(_judged("c", "level 0", "holds", "no draws")))
+    assert seeds_only == verdicts.Reading("holds", 1.0, 0.5, 1.5, draws=False)
+    both = verdicts.final_reading(pd.Series(_judged("c", "level 0", "holds", "inconclusive")))
+    assert both == verdicts.Reading("inconclusive", 2.0, -0.5, 4.5, draws=True)
+
+
 def test_a_claim_that_flips_between_the_necks_is_reported_as_depending_on_it():
     judged = pd.DataFrame(
         [
-            {"claim": "c", "level": "level 0", "verdict (seeds)": "holds", "verdict (seeds and draws)": "no draws"},
-            {
-                "claim": "c",
-                "level": "level 0",
-                "verdict (seeds)": "contradicted",
-                "verdict (seeds and draws)": "no draws",
-            },
-            {
-                "claim": "c",
-                "level": "realistic",
-                "verdict (seeds)": "holds",
-                "verdict (seeds and draws)": "inconclusive",
-            },
-            {"claim": "c", "level": "realistic", "verdict (seeds)": "holds", "verdict (seeds and draws)": "holds"},
+            _judged("c", "level 0", "holds", "no draws"),
+            _judged("c", "level 0", "contradicted", "no draws"),
+            _judged("c", "realistic", "holds", "inconclusive"),
+            _judged("c", "realistic", "holds", "holds"),
         ]
     )
     table = verdicts.robustness(judged)

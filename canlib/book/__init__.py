@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from canlib.lab.analysis import CONFIDENCE, DEPENDS, count_verdicts
+from canlib.lab.verdicts import final_reading
 
 __all__ = [
     "claim_verdict",
@@ -245,16 +246,13 @@ def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
     One row per claim; per cell (level, neck) its coloured verdict and Δ with its interval, over seeds
     and draws where the runs were read out on draws (marked "s+d"), else over seeds ("s"); then per
     level the verdict over both necks (``robust``, :func:`canlib.lab.verdicts.robustness`)."""
-    from canlib.lab.verdicts import final_verdict
-
     out = pd.DataFrame(index=pd.Index(list(dict.fromkeys(judged["claim"])), name="claim"))
     for (level, neck), cell in judged.groupby(["level", "neck"], sort=False):
         texts = []
         for _, row in cell.iterrows():
-            verdict, draws = final_verdict(row), row["verdict (seeds and draws)"] not in ("no draws", "not run")
-            d, (lo, hi) = (row["Δ draws"], row["draws CI"]) if draws else (row["Δ"], row["seeds CI"])
-            gap = "" if verdict == "not run" else f" {_difference(d, lo, hi)} {'s+d' if draws else 's'}"
-            texts.append(claim_verdict(verdict) + gap)
+            got = final_reading(row)
+            interval = f"{_difference(got.diff, got.low, got.high)} {'s+d' if got.draws else 's'}"
+            texts.append(claim_verdict(got.verdict) + ("" if got.verdict == "not run" else f" {interval}"))
         out[f"{level}, {NECK_SHORT.get(neck, neck)}"] = texts
     for level in robust.columns:
         out[f"{level}: over both necks"] = [claim_verdict(v) for v in robust.loc[out.index, level]]

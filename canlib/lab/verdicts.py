@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -152,15 +152,29 @@ def judge_cells(profile: str | Path, design: Sequence[Cell], seeds: Sequence[int
     return pd.DataFrame(out)
 
 
-def final_verdict(row: pd.Series) -> str:
-    """The cell's verdict the book reads: over seeds and draws where the runs have draws, else over seeds."""
-    both = row["verdict (seeds and draws)"]
-    return row["verdict (seeds)"] if both in ("no draws", "not run") else both
+class Reading(NamedTuple):
+    """A cell's verdict as the book reads it, with its Δ mAP (points) and interval."""
+
+    verdict: str
+    diff: float
+    low: float
+    high: float
+    draws: bool  # over seeds and draws; False: Welch's interval over seeds
+
+
+def final_reading(row: pd.Series) -> Reading:
+    """One row of :func:`judge_cells` as the book reads it: over seeds and draws where the runs have
+    draws, else over seeds."""
+    if row["verdict (seeds and draws)"] in ("no draws", "not run"):
+        low, high = row["seeds CI"]
+        return Reading(row["verdict (seeds)"], row["Δ"], low, high, draws=False)
+    low, high = row["draws CI"]
+    return Reading(row["verdict (seeds and draws)"], row["Δ draws"], low, high, draws=True)
 
 
 def robustness(judged: pd.DataFrame) -> pd.DataFrame:
     """Per claim and level, the verdict over the neck's levels (:func:`canlib.lab.analysis.robust_verdict`)."""
-    frame = judged.assign(verdict=judged.apply(final_verdict, axis=1))
+    frame = judged.assign(verdict=[final_reading(row).verdict for _, row in judged.iterrows()])
     table = frame.groupby(["claim", "level"], sort=False)["verdict"].apply(lambda v: robust_verdict(list(v)))
     return table.unstack("level").reindex(columns=list(LEVELS))
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from canlib.book import seeds_beside_draws, verdict_grid
 from canlib.lab import verdicts
 from canlib.lab.analysis import DEPENDS, seed_draw_interval
 from canlib.lab.draws import DRAW_SEEDS, DRAWS
@@ -89,3 +90,19 @@ def test_a_claim_that_flips_between_the_necks_is_reported_as_depending_on_it():
 def test_a_cell_whose_decisions_are_not_made_has_no_records(tmp_path):
     cell = verdicts.Cell("realistic", "BNNeck, shared BN, plain", tmp_path, "data/realistic", tmp_path / "none.json")
     assert not cell.ready() and verdicts.cell_records("configs/cpu.yaml", cell) == []
+
+
+def test_the_books_tables_read_the_draws_where_there_are_draws():
+    judged = pd.DataFrame(
+        [
+            {**_judged("c", "level 0", "holds", "no draws"), "neck": "post-BN, shared BN, squared"},
+            {**_judged("c", "realistic", "holds", "inconclusive"), "neck": "BNNeck, shared BN, plain"},
+        ]
+    )
+    grid = verdict_grid(judged, verdicts.robustness(judged))
+    assert grid.loc["c", "level 0, post-BN, squared"].endswith("+1.0 (+0.5, +1.5) s")
+    assert grid.loc["c", "realistic, BNNeck, plain"].endswith("+2.0 (-0.5, +4.5) s+d")
+    beside = seeds_beside_draws(judged)
+    assert beside["cell"].tolist() == ["realistic, BNNeck, plain"]  # only the cell read out on draws
+    assert beside["width ratio"].iloc[0] == pytest.approx(5.0)  # (4.5 + 0.5) / (1.5 - 0.5)
+    assert "holds" in beside["over seeds"].iloc[0] and "inconclusive" in beside["over seeds and draws"].iloc[0]

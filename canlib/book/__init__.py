@@ -46,6 +46,7 @@ __all__ = [
     "markdown_table",
     "readout_table",
     "same_verdicts",
+    "seeds_beside_draws",
     "verdict_grid",
 ]
 
@@ -257,6 +258,27 @@ def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
     for level in robust.columns:
         out[f"{level}: over both necks"] = [claim_verdict(v) for v in robust.loc[out.index, level]]
     return out
+
+
+def seeds_beside_draws(judged: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and cell of :func:`canlib.lab.verdicts.judge_cells` whose runs were read out on the test
+    draws: the verdict and Δ with Welch's interval over seeds (the reporting test set alone), beside
+    the same over seeds and draws, and how many times wider the second interval is."""
+    drawn = judged[~judged["verdict (seeds and draws)"].isin(["no draws", "not run"])]
+    out = []
+    for _, row in drawn.iterrows():
+        (lo, hi), (dlo, dhi) = row["seeds CI"], row["draws CI"]
+        out.append(
+            {
+                "claim": row["claim"],
+                "cell": f"{row['level']}, {NECK_SHORT.get(row['neck'], row['neck'])}",
+                "over seeds": f"{claim_verdict(row['verdict (seeds)'])} {_difference(row['Δ'], lo, hi)}",
+                "over seeds and draws": f"{claim_verdict(row['verdict (seeds and draws)'])} "
+                + _difference(row["Δ draws"], dlo, dhi),
+                "width ratio": (dhi - dlo) / (hi - lo),
+            }
+        )
+    return pd.DataFrame(out, columns=["claim", "cell", "over seeds", "over seeds and draws", "width ratio"])
 
 
 def same_verdicts(now: pd.DataFrame, earlier: Sequence[pd.DataFrame]) -> list[str]:

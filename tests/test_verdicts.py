@@ -60,8 +60,13 @@ def _judged(claim: str, level: str, seeds: str, draws: str) -> dict:
     nan = (math.nan, math.nan)
     with_draws = draws not in ("no draws", "not run")
     return {
-        **{"claim": claim, "level": level, "verdict (seeds)": seeds, "verdict (seeds and draws)": draws},
-        **{"Δ": 1.0, "seeds CI": (0.5, 1.5), "Δ draws": 2.0 if with_draws else math.nan},
+        "claim": claim,
+        "level": level,
+        "verdict (seeds)": seeds,
+        "verdict (seeds and draws)": draws,
+        "Δ": 1.0,
+        "seeds CI": (0.5, 1.5),
+        "Δ draws": 2.0 if with_draws else math.nan,
         "draws CI": (-0.5, 4.5) if with_draws else nan,
     }
 

@@ -254,7 +254,7 @@ def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
             got = final_reading(row)
             interval = f"{_difference(got.diff, got.low, got.high)} {'s+d' if got.draws else 's'}"
             texts.append(claim_verdict(got.verdict) + ("" if got.verdict == "not run" else f" {interval}"))
-        out[f"{level}, {NECK_SHORT.get(neck, neck)}"] = texts
+        out[_cell_label(level, neck)] = texts
     for level in robust.columns:
         out[f"{level}: over both necks"] = [claim_verdict(v) for v in robust.loc[out.index, level]]
     return out
@@ -263,22 +263,29 @@ def verdict_grid(judged: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
 def seeds_beside_draws(judged: pd.DataFrame) -> pd.DataFrame:
     """Per claim and cell of :func:`canlib.lab.verdicts.judge_cells` whose runs were read out on the test
     draws: the verdict and Δ with Welch's interval over seeds (the reporting test set alone), beside
-    the same over seeds and draws, and how many times wider the second interval is."""
-    drawn = judged[~judged["verdict (seeds and draws)"].isin(["no draws", "not run"])]
+    the same over seeds and draws (:func:`~canlib.lab.verdicts.final_reading`), and how many times
+    wider the second interval is."""
     out = []
-    for _, row in drawn.iterrows():
-        (lo, hi), (dlo, dhi) = row["seeds CI"], row["draws CI"]
+    for _, row in judged.iterrows():
+        got = final_reading(row)
+        if not got.draws:
+            continue
+        lo, hi = row["seeds CI"]
         out.append(
             {
                 "claim": row["claim"],
-                "cell": f"{row['level']}, {NECK_SHORT.get(row['neck'], row['neck'])}",
+                "cell": _cell_label(row["level"], row["neck"]),
                 "over seeds": f"{claim_verdict(row['verdict (seeds)'])} {_difference(row['Δ'], lo, hi)}",
-                "over seeds and draws": f"{claim_verdict(row['verdict (seeds and draws)'])} "
-                + _difference(row["Δ draws"], dlo, dhi),
-                "width ratio": (dhi - dlo) / (hi - lo),
+                "over seeds and draws": f"{claim_verdict(got.verdict)} {_difference(got.diff, got.low, got.high)}",
+                "width ratio": (got.high - got.low) / (hi - lo),
             }
         )
     return pd.DataFrame(out, columns=["claim", "cell", "over seeds", "over seeds and draws", "width ratio"])
+
+
+def _cell_label(level: str, neck: str) -> str:
+    """A cell of the sub-grid as the book's tables name it: its level and its neck's short name."""
+    return f"{level}, {NECK_SHORT.get(neck, neck)}"
 
 
 def same_verdicts(now: pd.DataFrame, earlier: Sequence[pd.DataFrame]) -> list[str]:

@@ -174,7 +174,8 @@ ablations-realistic: $(STAMP) data-realistic
 
 # Level 0's side of the claims: the equal-capacity controls under both neck levels (the default
 # neck's grid is ablations/cpu-synthetic, BNNeck's ablations-v3), and the test draws of the rows
-# that compare CA on Part-1,3,5,7 (retrained bit for bit where no checkpoint is at hand).
+# that compare CA on Part-1,3,5,7 (retrained where no checkpoint is at hand: refused when the retrained
+# model misses its record, as on a CPU of another kind than the records'; results/ablations/claims-subgrid.md).
 LEVEL0_DRAW_ROWS := --row "Table 2:Part-1,3,5,7" --row "Table 3:Part-1,3,5,7" --row "Controls:Part-1,3,5,7, CA slots by mean"
 ablations-level0-claims: $(STAMP) data
 	$(BIN)/python -m canlib ablate --config configs/cpu.yaml --data-root $(DATA_ROOT) --jobs 2 --claims --slices
